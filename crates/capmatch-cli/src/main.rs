@@ -1,1 +1,251 @@
-fn main() {}
+//! `capmatch`: cross-domain image retrieval by caption matching.
+//!
+//! A thin binary: argument parsing and output formatting live here; the work is done by
+//! `capmatch-core` (models, images), `capmatch-index` (store, indexing, search) and
+//! `capmatch-eval` (benchmark protocol). Each subcommand has its own file in `commands/`.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "capmatch", version, about = "Cross-domain image retrieval by caption matching")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print L2-normalised CLIP embeddings of images or texts.
+    Embed(EmbedArgs),
+    /// Caption images with a BLIP / BLIP-2 captioner.
+    Caption(CaptionArgs),
+    /// Index folders of images: captions, caption embeddings and image embeddings.
+    Index(IndexArgs),
+    /// Search an index with an image or a text.
+    Search(SearchArgs),
+    /// Show what an index holds: counts per domain, models, skipped files.
+    Info(InfoArgs),
+    /// Run the cross-domain retrieval benchmark protocol on a dataset folder.
+    Eval(EvalArgs),
+}
+
+/// Numeric precision the models run in.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Dtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Dtype {
+    pub fn candle(self) -> capmatch_core::DType {
+        match self {
+            Dtype::F32 => capmatch_core::DType::F32,
+            Dtype::Bf16 => capmatch_core::DType::BF16,
+            Dtype::F16 => capmatch_core::DType::F16,
+        }
+    }
+}
+
+/// Where the CLIP model comes from.
+#[derive(Args, Debug, Clone)]
+pub struct ClipArg {
+    /// CLIP checkpoint: a local directory in the Hugging Face layout or a hub id.
+    #[arg(long = "clip", env = "CAPMATCH_CLIP", default_value = "openai/clip-vit-base-patch32")]
+    pub clip: String,
+}
+
+/// Where the captioner comes from.
+#[derive(Args, Debug, Clone)]
+pub struct CaptionerArg {
+    /// Captioner checkpoint (BLIP or BLIP-2): a local directory or a hub id.
+    #[arg(long = "captioner", env = "CAPMATCH_CAPTIONER", default_value = "Salesforce/blip-image-captioning-base")]
+    pub captioner: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("inputs").required(true).args(["image", "text"]))]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub clip: ClipArg,
+    /// Image files to embed with the vision tower.
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    pub image: Vec<PathBuf>,
+    /// Texts to embed with the text tower.
+    #[arg(long, num_args = 1.., value_name = "STRING")]
+    pub text: Vec<String>,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CaptionArgs {
+    #[command(flatten)]
+    pub captioner: CaptionerArg,
+    /// Text prompt the caption continues; empty for unconditional captioning.
+    #[arg(long, default_value = "a picture of")]
+    pub prompt: String,
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
+    /// Beam search with N beams (greedy when absent).
+    #[arg(long)]
+    pub beams: Option<usize>,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    /// Folders to index (recursively).
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    /// Domain tag for the images (default: the name of each top folder given).
+    #[arg(long)]
+    pub domain: Option<String>,
+    #[command(flatten)]
+    pub clip: ClipArg,
+    #[command(flatten)]
+    pub captioner: CaptionerArg,
+    /// Images per model batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value = "a picture of")]
+    pub prompt: String,
+    /// Forget indexed files that no longer exist.
+    #[arg(long)]
+    pub prune: bool,
+    /// Largest decoded image (width × height) accepted; larger files are skipped.
+    #[arg(long, default_value_t = 178_956_970)]
+    pub max_pixels: u64,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SearchMode {
+    /// Query image vs gallery captions (Caption-Matching, the default).
+    Caption,
+    /// Query image vs gallery images (the CLIP baseline).
+    Image,
+    /// W × caption score + (1 − W) × image score.
+    Fused,
+    /// Text query vs gallery images.
+    Text,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("query").required(true).args(["image", "text"]))]
+pub struct SearchArgs {
+    /// Query image.
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+    /// Query text instead of an image.
+    #[arg(long)]
+    pub text: Option<String>,
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    #[arg(long, value_enum)]
+    pub mode: Option<SearchMode>,
+    /// Weight of the caption score in `fused` mode.
+    #[arg(long, default_value_t = 0.5)]
+    pub weight: f32,
+    /// Only search images of this domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Dataset root laid out as ROOT/<domain>/<class>/<image>.
+    #[arg(value_name = "ROOT")]
+    pub root: PathBuf,
+    /// office-home or domainnet: domains, classes and k of that benchmark.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Comma-separated domains (default: the protocol's, else every folder).
+    #[arg(long, value_delimiter = ',')]
+    pub domains: Vec<String>,
+    /// Comma-separated classes.
+    #[arg(long, value_delimiter = ',', conflicts_with = "classes_file")]
+    pub classes: Vec<String>,
+    /// File with one class per line.
+    #[arg(long)]
+    pub classes_file: Option<PathBuf>,
+    /// Comma-separated k for P@k and R@k (overrides the protocol's).
+    #[arg(long, value_delimiter = ',')]
+    pub k: Vec<usize>,
+    /// Comma-separated modes: caption, image, fused, caption-text (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Vec<String>,
+    #[arg(long, default_value_t = 0.5)]
+    pub weight: f32,
+    /// Index database (default: ROOT/.capmatch.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Write results.md, results.csv, results.json and precision.svg/.png here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub clip: ClipArg,
+    #[command(flatten)]
+    pub captioner: CaptionerArg,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value = "a picture of")]
+    pub prompt: String,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    commands::init_logging();
+    let result = match cli.command {
+        Command::Embed(args) => commands::embed::run(args),
+        Command::Caption(args) => commands::caption::run(args),
+        Command::Index(args) => commands::index::run(args),
+        Command::Search(args) => commands::search::run(args),
+        Command::Info(args) => commands::info::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One clear line: the error and its causes, outermost first.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

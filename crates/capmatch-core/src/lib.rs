@@ -14,3 +14,5 @@ pub mod embedder;
 pub mod hub;
 pub mod image_io;
 pub mod preprocess;
+
+pub use candle_core::{DType, Device};
