@@ -16,3 +16,4 @@ pub mod image_io;
 pub mod preprocess;
 
 pub use candle_core::{DType, Device};
+pub use image::RgbImage;
