@@ -1,0 +1,250 @@
+//! Inputs the workloads share, made once under `bench-models/` and reused:
+//! random-weight checkpoints of the real shapes, pre-sized input images, captions of an exact
+//! token length, gallery vectors, and folders of real image files for `capmatch index`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use image::imageops::FilterType;
+use image::{Rgb, RgbImage};
+
+/// A model architecture the harness benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    ClipB32,
+    ClipL14,
+    BlipBase,
+    BlipLarge,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [Arch::ClipB32, Arch::ClipL14, Arch::BlipBase, Arch::BlipLarge];
+
+    /// The name `make_random_checkpoint.py` knows, and the folder under `bench-models/`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Arch::ClipB32 => "clip-vit-base-patch32",
+            Arch::ClipL14 => "clip-vit-large-patch14",
+            Arch::BlipBase => "blip-image-captioning-base",
+            Arch::BlipLarge => "blip-image-captioning-large",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Arch::ClipB32 => "ViT-B/32",
+            Arch::ClipL14 => "ViT-L/14",
+            Arch::BlipBase => "BLIP base",
+            Arch::BlipLarge => "BLIP large",
+        }
+    }
+
+    /// Side of the square input the model's processor produces.
+    pub fn input_size(self) -> u32 {
+        match self {
+            Arch::ClipB32 | Arch::ClipL14 => 224,
+            Arch::BlipBase | Arch::BlipLarge => 384,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Arch> {
+        let s = s.to_ascii_lowercase();
+        Arch::ALL.into_iter().find(|a| {
+            a.id() == s
+                || a.short().to_ascii_lowercase().replace(' ', "-") == s
+                || match a {
+                    Arch::ClipB32 => s == "b32" || s == "vit-b-32",
+                    Arch::ClipL14 => s == "l14" || s == "vit-l-14",
+                    Arch::BlipBase => s == "blip-base",
+                    Arch::BlipLarge => s == "blip-large",
+                }
+        })
+    }
+}
+
+pub struct Paths {
+    pub root: PathBuf,
+    pub python: String,
+    pub repo: PathBuf,
+}
+
+impl Paths {
+    pub fn checkpoint(&self, arch: Arch) -> PathBuf {
+        self.root.join(arch.id())
+    }
+    pub fn reference_script(&self) -> PathBuf {
+        self.repo.join("tools/reference/bench_reference.py")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+}
+
+/// Makes a full-size random-weight checkpoint of `arch` unless one is there already.
+/// Written to a scratch folder first and renamed, so an interrupted run leaves no half model.
+pub fn ensure_checkpoint(paths: &Paths, arch: Arch) -> Result<PathBuf> {
+    let dir = paths.checkpoint(arch);
+    if dir.join("config.json").is_file() {
+        return Ok(dir);
+    }
+    let script = paths.repo.join("tools/reference/make_random_checkpoint.py");
+    if !script.is_file() {
+        bail!("{} is missing: cannot make the {} checkpoint", script.display(), arch.id());
+    }
+    let scratch = paths.root.join(format!(".{}.partial", arch.id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    eprintln!("[bench] making a random-weight {} checkpoint in {} ...", arch.id(), dir.display());
+    let status = Command::new(&paths.python)
+        .arg(&script)
+        .arg(arch.id())
+        .arg(&scratch)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() || !scratch.join("config.json").is_file() {
+        bail!("{} {} failed ({status})", script.display(), arch.id());
+    }
+    std::fs::rename(&scratch, &dir)?;
+    Ok(dir)
+}
+
+/// The real image files (PNG/JPEG) under `src`, sorted, keeping those at least `min_side`
+/// pixels on their short side.
+pub fn real_images(src: &Path, min_side: u32) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+                Some("png" | "jpg" | "jpeg")
+            ) {
+                if let Ok((w, h)) = image::image_dimensions(&path) {
+                    if w.min(h) >= min_side {
+                        out.push(path);
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        bail!("no PNG/JPEG images of at least {min_side} px under {}", src.display());
+    }
+    Ok(out)
+}
+
+/// Picks `count` files spread evenly over `files`.
+fn spread(files: &[PathBuf], count: usize) -> Vec<PathBuf> {
+    (0..count).map(|i| files[(i * files.len() / count.max(1)) % files.len()].clone()).collect()
+}
+
+/// `count` real images as RGB PNGs already at `size`×`size` (alpha over white, centre
+/// square, Lanczos), so that both sides' preprocessing is the same cheap rescale+normalise
+/// and the timings are about the models.
+pub fn ensure_sized_inputs(paths: &Paths, src: &[PathBuf], size: u32, count: usize) -> Result<PathBuf> {
+    let dir = paths.root.join("inputs").join(format!("rgb{size}"));
+    let done = dir.join(format!(".done-{count}"));
+    if done.is_file() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir)?;
+    for (i, path) in spread(src, count).iter().enumerate() {
+        let rgba = image::open(path).with_context(|| format!("decoding {}", path.display()))?.to_rgba8();
+        let (w, h) = rgba.dimensions();
+        let mut rgb = RgbImage::new(w, h);
+        for (x, y, p) in rgba.enumerate_pixels() {
+            let a = p[3] as f32 / 255.0;
+            let blend = |c: u8| (c as f32 * a + 255.0 * (1.0 - a)).round() as u8;
+            rgb.put_pixel(x, y, Rgb([blend(p[0]), blend(p[1]), blend(p[2])]));
+        }
+        let side = w.min(h);
+        let crop = image::imageops::crop_imm(&rgb, (w - side) / 2, (h - side) / 2, side, side).to_image();
+        let sized = image::imageops::resize(&crop, size, size, FilterType::Lanczos3);
+        sized.save(dir.join(format!("{i:03}.png")))?;
+    }
+    std::fs::write(done, "")?;
+    Ok(dir)
+}
+
+/// Folder of `count` real image files, copied unchanged, for `capmatch index`.
+pub fn ensure_index_folder(paths: &Paths, src: &[PathBuf], name: &str, count: usize) -> Result<PathBuf> {
+    let dir = paths.root.join("index-images").join(format!("{name}-{count}"));
+    if dir.join(".done").is_file() {
+        return Ok(dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let photos = dir.join("photos");
+    std::fs::create_dir_all(&photos)?;
+    for (i, path) in spread(src, count).iter().enumerate() {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("png");
+        std::fs::copy(path, photos.join(format!("{i:04}.{ext}")))?;
+    }
+    std::fs::write(dir.join(".done"), "")?;
+    Ok(dir)
+}
+
+fn python_utility(paths: &Paths, args: &[&str]) -> Result<()> {
+    let status = Command::new(&paths.python)
+        .arg(paths.reference_script())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("running {} {}", paths.reference_script().display(), args.join(" ")))?;
+    if !status.success() {
+        bail!("bench_reference.py {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// `count` captions that the checkpoint's tokenizer turns into exactly `tokens` tokens.
+pub fn ensure_captions(paths: &Paths, arch: Arch, tokens: usize, count: usize) -> Result<PathBuf> {
+    let file = paths.root.join("inputs").join(format!("captions-{}-{tokens}x{count}.json", arch.id()));
+    if !file.is_file() {
+        std::fs::create_dir_all(file.parent().unwrap())?;
+        let model = paths.checkpoint(arch);
+        python_utility(
+            paths,
+            &[
+                "captions",
+                "--model",
+                model.to_str().unwrap(),
+                "--tokens",
+                &tokens.to_string(),
+                "--count",
+                &count.to_string(),
+                "--out",
+                file.to_str().unwrap(),
+            ],
+        )?;
+    }
+    Ok(file)
+}
+
+/// L2-normalised random float32 vectors in a `.npy` file both sides read.
+pub fn ensure_vectors(paths: &Paths, name: &str, n: usize, dim: usize, seed: u64) -> Result<PathBuf> {
+    let file = paths.root.join("vectors").join(format!("{name}-{n}x{dim}-seed{seed}.npy"));
+    if !file.is_file() {
+        std::fs::create_dir_all(file.parent().unwrap())?;
+        let tmp = file.with_extension("partial.npy");
+        python_utility(
+            paths,
+            &[
+                "make-vectors",
+                "--n",
+                &n.to_string(),
+                "--dim",
+                &dim.to_string(),
+                "--seed",
+                &seed.to_string(),
+                "--out",
+                tmp.to_str().unwrap(),
+            ],
+        )?;
+        std::fs::rename(tmp, &file)?;
+    }
+    Ok(file)
+}

@@ -1,0 +1,365 @@
+//! The console table and `BENCHMARKS.md`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::prepare::{Arch, Paths};
+use crate::{median, proc, CaseResult, IndexResult, Settings, Side, Workload};
+
+pub const MARKER: &str = "<!-- end of generated section: text below this line is kept when capmatch-bench rewrites the file -->";
+
+pub struct Report {
+    pub machine: Vec<(String, String)>,
+    pub versions: Vec<(String, String)>,
+    pub command: String,
+    pub settings: String,
+    pub cases: Vec<CaseResult>,
+    pub index: Option<IndexResult>,
+    pub started_utc: String,
+}
+
+fn lscpu_field(text: &str, name: &str) -> Option<String> {
+    text.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_string())
+}
+
+impl Report {
+    pub fn new(paths: &Paths, settings: &Settings, command: String) -> Self {
+        let lscpu = proc::capture("lscpu", &[]).unwrap_or_default();
+        let mut machine = Vec::new();
+        let model = lscpu_field(&lscpu, "Model name:").unwrap_or_else(|| "?".into());
+        let family = lscpu_field(&lscpu, "CPU family:").map(|f| format!(" (family {f})")).unwrap_or_default();
+        machine.push(("CPU".into(), format!("{model}{family}")));
+        machine.push(("CPUs".into(), lscpu_field(&lscpu, "CPU(s):").unwrap_or_else(|| "?".into())));
+        if let Some(t) = lscpu_field(&lscpu, "Thread(s) per core:") {
+            machine.push(("threads per core".into(), t));
+        }
+        let flags = lscpu_field(&lscpu, "Flags:").unwrap_or_default();
+        let simd: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"]
+            .into_iter()
+            .filter(|f| flags.split_whitespace().any(|x| x == *f))
+            .collect();
+        machine.push(("SIMD".into(), simd.join(", ")));
+        if let Ok(mem) = std::fs::read_to_string("/proc/meminfo") {
+            if let Some(kb) = mem.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()) {
+                machine.push(("memory".into(), format!("{:.0} GiB", kb / 1024.0 / 1024.0)));
+            }
+        }
+        machine.push(("kernel".into(), proc::capture("uname", &["-sr"]).unwrap_or_default()));
+        machine.push(("threads used (both sides)".into(), settings.threads.to_string()));
+
+        let mut versions = vec![("rustc".into(), proc::capture("rustc", &["-V"]).unwrap_or_else(|| "?".into()))];
+        let lock = std::fs::read_to_string(paths.repo.join("Cargo.lock")).unwrap_or_default();
+        for krate in ["candle-core", "gemm"] {
+            if let Some(v) = lock_version(&lock, krate) {
+                versions.push((krate.into(), v));
+            }
+        }
+        let py = std::process::Command::new(&paths.python)
+            .arg(paths.reference_script())
+            .arg("versions")
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
+        if let Some(py) = py {
+            for k in ["python", "torch", "transformers", "faiss", "numpy"] {
+                versions.push((k.into(), py[k].as_str().unwrap_or("?").to_string()));
+            }
+        }
+        let settings_text = format!(
+            "{} warm-up call per side, then {}–{} timed rounds per side (more while under {:.0} s per case), each round ≈ {:.1} s of repeated calls{}",
+            1,
+            settings.min_rounds,
+            settings.max_rounds,
+            settings.budget_secs,
+            settings.round_secs,
+            if settings.quick { "; **--quick: smoke test, the numbers mean nothing**" } else { "" }
+        );
+        let started_utc = proc::capture("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
+        Report { machine, versions, command, settings: settings_text, cases: Vec::new(), index: None, started_utc }
+    }
+
+    pub fn summary_table(&self) -> String {
+        let mut t = String::new();
+        t.push_str("| workload | case | capmatch | reference | speed ratio | target | |\n");
+        t.push_str("|---|---|---:|---:|---:|---:|---|\n");
+        for r in &self.cases {
+            let reference = match r.case.workload {
+                Workload::Search => "faiss IndexFlatIP",
+                _ => "PyTorch",
+            };
+            let ours = r.ours.as_ref().map(|s| rate(r, s)).unwrap_or_else(|| "—".into());
+            let refv = r.reference.as_ref().map(|s| rate(r, s)).unwrap_or_else(|| "—".into());
+            let ratio = r.ratio.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "—".into());
+            let target = r.case.target.map(|x| format!("≥ {x:.1}×")).unwrap_or_default();
+            let met = match (r.ratio, r.case.target) {
+                (Some(x), Some(t)) if x >= t => "✅",
+                (Some(_), Some(_)) => "❌",
+                _ if !r.errors.is_empty() => "error",
+                _ => "",
+            };
+            let _ = writeln!(t, "| {} | {} | {ours} | {reference} {refv} | {ratio} | {target} | {met} |", r.case.workload.name(), r.case.label);
+        }
+        if let Some(ix) = &self.index {
+            let (end_to_end, marginal) = index_rates(ix);
+            let model_only = model_only_rate(&self.cases);
+            let ratio = match (marginal, model_only) {
+                (Some(m), Some(mo)) => format!("{:.2}× of model-only", m / mo),
+                _ => "—".into(),
+            };
+            let met = match (marginal, model_only) {
+                (Some(m), Some(mo)) if m / mo >= 0.85 => "✅",
+                (Some(_), Some(_)) => "❌",
+                _ => "",
+            };
+            let _ = writeln!(
+                t,
+                "| index | {} real files, batch 8, f32, ViT-B/32 + BLIP base | {} | model-only {} | {ratio} | ≥ 0.85× | {met} |",
+                ix.images_big,
+                marginal.map(|m| format!("{m:.2} images/s")).unwrap_or_else(|| ix.error.clone().map(|_| "error".into()).unwrap_or("—".into())),
+                model_only.map(|m| format!("{m:.2} images/s")).unwrap_or_else(|| "—".into()),
+            );
+            let _ = end_to_end;
+        }
+        t
+    }
+
+    pub fn write(&self, out: &Path, elapsed: f64, finished: bool) -> Result<()> {
+        let kept = std::fs::read_to_string(out)
+            .ok()
+            .and_then(|old| old.find(MARKER).map(|i| old[i + MARKER.len()..].to_string()))
+            .unwrap_or_else(|| "\n".into());
+        let mut md = String::new();
+        md.push_str("# Benchmarks\n\n");
+        md.push_str(
+            "Speed of capmatch against what a user would otherwise run: transformers on PyTorch (CPU, same \
+             threads, same shapes, same inputs) for the models, and faiss `IndexFlatIP` for exact search. \
+             Generated by `capmatch-bench` (crate `crates/capmatch-bench`, reference side \
+             `tools/reference/bench_reference.py`); do not edit the generated section by hand.\n\n",
+        );
+        let _ = writeln!(md, "Reproduce with:\n\n```sh\n{}\n```\n", self.command);
+        let status = if finished { "complete" } else { "**partial (run still going or interrupted)**" };
+        let _ = writeln!(md, "Run started {}, took {:.0} s; {status}.\n", self.started_utc, elapsed);
+        md.push_str("| machine | |\n|---|---|\n");
+        for (k, v) in &self.machine {
+            let _ = writeln!(md, "| {k} | {v} |");
+        }
+        md.push_str("\n| versions | |\n|---|---|\n");
+        for (k, v) in &self.versions {
+            let _ = writeln!(md, "| {k} | {v} |");
+        }
+        md.push_str("\n## Summary\n\n");
+        md.push_str(
+            "Throughput (or search latency) is the median over timed rounds. **Speed ratio = reference time ÷ \
+             capmatch time**, the median over interleaved pairs of rounds (ours, ref, ours, ref, …): \
+             above 1 capmatch is faster. Targets from issue 5: ≥ 1.3× PyTorch at the same dtype for the CLIP \
+             towers and BLIP, ≤ faiss latency for search (ratio ≥ 1), `capmatch index` within 15 % of the \
+             model-only throughput.\n\n",
+        );
+        md.push_str(&self.summary_table());
+        md.push_str("\n## Details\n\n");
+        md.push_str(
+            "CPU = CPU time of the worker during its rounds ÷ wall time (2.0 = both cores busy). \
+             Idle-side CPU = the largest share of a round the *other* (waiting) worker spent on the CPU; \
+             near 0 means the interleaving did not make the sides compete. Peak RSS from `wait4` on each \
+             worker process (model load included).\n\n",
+        );
+        md.push_str("| workload | case | calls/round | rounds | capmatch per item (median, min–max) | reference per item | CPU ours / ref | idle-side CPU | peak RSS ours / ref | notes |\n");
+        md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for r in &self.cases {
+            let per = |s: &Option<Side>| {
+                s.as_ref()
+                    .map(|s| {
+                        let min = s.per_item.iter().cloned().fold(f64::INFINITY, f64::min);
+                        let max = s.per_item.iter().cloned().fold(0.0, f64::max);
+                        format!("{} ({}–{})", ms(s.median_per_item()), ms(min), ms(max))
+                    })
+                    .unwrap_or_else(|| "—".into())
+            };
+            let cpu = |s: &Option<Side>| s.as_ref().map(|s| format!("{:.2}", median(&s.cpu_util))).unwrap_or_else(|| "—".into());
+            let idle = [&r.ours, &r.reference]
+                .iter()
+                .filter_map(|s| s.as_ref())
+                .flat_map(|s| s.idle_other_cpu.iter().cloned())
+                .fold(0.0f64, f64::max);
+            let rss = |s: &Option<Side>| s.as_ref().map(|s| mib(s.peak_rss_kb)).unwrap_or_else(|| "—".into());
+            let rounds = r.ours.as_ref().map(|s| s.per_item.len()).unwrap_or(0).max(r.reference.as_ref().map(|s| s.per_item.len()).unwrap_or(0));
+            let mut notes: Vec<String> = Vec::new();
+            if r.case.workload == Workload::Search {
+                for (name, s) in [("capmatch", &r.ours), ("faiss", &r.reference)] {
+                    if let Some(s) = s {
+                        let before = s.ready["rss_before_load_kb"].as_u64().unwrap_or(0);
+                        let after = s.ready["rss_after_build_kb"].as_u64().unwrap_or(0);
+                        notes.push(format!("{name} index memory {}", mib(after.saturating_sub(before))));
+                    }
+                }
+            }
+            if r.case.workload == Workload::BlipCaption {
+                if let Some(shape) = r.reference.as_ref().map(|s| s.ready["output_shape"].clone()).filter(|v| !v.is_null()) {
+                    notes.push(format!("reference output ids {shape}"));
+                }
+            }
+            if r.case.workload == Workload::ClipText {
+                if let Some(t) = r.reference.as_ref().map(|s| s.ready["token_lengths"].clone()).filter(|v| !v.is_null()) {
+                    notes.push(format!("token lengths {t}"));
+                }
+            }
+            for e in &r.errors {
+                notes.push(format!("error: {}", e.lines().next().unwrap_or("").replace('|', "\\|")));
+            }
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {rounds} | {} | {} | {} / {} | {:.2} | {} / {} | {} |",
+                r.case.workload.name(),
+                r.case.label,
+                r.calls_per_round,
+                per(&r.ours),
+                per(&r.reference),
+                cpu(&r.ours),
+                cpu(&r.reference),
+                idle,
+                rss(&r.ours),
+                rss(&r.reference),
+                notes.join("; ")
+            );
+        }
+        if let Some(ix) = &self.index {
+            md.push_str("\n## `capmatch index` end to end\n\n");
+            md.push_str(&index_section(ix, &self.cases));
+        }
+        md.push_str("\n## Method\n\n");
+        let _ = writeln!(md, "- Rounds: {}.", self.settings);
+        md.push_str(
+            "- Each side is a long-lived worker process (ours: `capmatch-bench worker …`; reference: \
+             `bench_reference.py … --serve`) that loads the model and warms up before any timed round; the two \
+             load one after the other and are then driven alternately, so both see the same machine state.\n\
+             - Models: full-size checkpoints with random weights of the real shapes (`bench-models/`, made by \
+             `tools/reference/make_random_checkpoint.py`). Random weights cost the same arithmetic as trained ones; \
+             BLIP is forced to exactly 20 new tokens (min = max new tokens) so both sides decode the same length.\n\
+             - Images: real images (tuxpaint stamps) turned once into RGB PNGs at the model's input size \
+             (224 for CLIP, 384 for BLIP), so both sides' preprocessing is a cheap rescale + normalise and the \
+             time is the model's; both sides go through their public API (capmatch-core `ClipEmbedder` / `Captioner`; \
+             transformers `AutoProcessor` + `get_image_features` / `generate`), L2-normalised outputs.\n\
+             - Reference dtype: the model is loaded with `dtype=torch.bfloat16` for bf16 (as a user would), \
+             inputs cast to the model dtype, under `torch.inference_mode()`.\n\
+             - Text: 32 captions that the CLIP tokenizer turns into exactly 20 tokens (start/end included).\n\
+             - Search: L2-normalised random 512-d float32 vectors in a `.npy` file both sides read; one query per \
+             call (the interactive case), top 10. capmatch uses `capmatch_index::Gallery::search` in caption \
+             mode with each vector as the entry's caption and image embedding (the gallery holds both matrices, \
+             which its memory figure includes); faiss uses `IndexFlatIP`.\n\
+             - `capmatch index`: the real binary on folders of real PNG files (alpha, odd sizes), fresh database \
+             each time; peak RSS from `wait4`. The per-extra-image rate ((big − small) images ÷ (big − small) \
+             wall time) leaves out start-up; model-only = 1 ÷ (image embedding at batch 8 + caption embedding \
+             + greedy captioning at batch 8, all f32, capmatch side of the rows above).\n",
+        );
+        md.push('\n');
+        md.push_str(MARKER);
+        md.push_str(&kept);
+        std::fs::write(out, md)?;
+        Ok(())
+    }
+}
+
+fn lock_version(lock: &str, name: &str) -> Option<String> {
+    let needle = format!("name = \"{name}\"\nversion = \"");
+    let i = lock.find(&needle)? + needle.len();
+    Some(lock[i..].split('"').next()?.to_string())
+}
+
+fn ms(secs: f64) -> String {
+    if secs >= 1.0 {
+        format!("{secs:.2} s")
+    } else if secs >= 0.01 {
+        format!("{:.1} ms", secs * 1e3)
+    } else {
+        format!("{:.3} ms", secs * 1e3)
+    }
+}
+
+fn mib(kb: u64) -> String {
+    format!("{:.0} MiB", kb as f64 / 1024.0)
+}
+
+/// Throughput (items/s) or, for search, latency.
+fn rate(r: &CaseResult, s: &Side) -> String {
+    let per = s.median_per_item();
+    match r.case.workload {
+        Workload::Search => format!("{} /query", ms(per)),
+        _ => format!("{:.2} {}/s", 1.0 / per, r.case.unit),
+    }
+}
+
+fn index_rates(ix: &IndexResult) -> (Option<f64>, Option<f64>) {
+    if ix.error.is_some() || ix.wall_big <= 0.0 {
+        return (None, None);
+    }
+    let end_to_end = ix.images_big as f64 / ix.wall_big;
+    let extra = ix.wall_big - ix.wall_small;
+    let marginal = (extra > 0.0).then(|| (ix.images_big - ix.images_small) as f64 / extra);
+    (Some(end_to_end), marginal)
+}
+
+/// Images/s of the models alone for the index's configuration (f32, batch 8, ViT-B/32 and
+/// BLIP base greedy), from our side of the paired cases.
+fn model_only_rate(cases: &[CaseResult]) -> Option<f64> {
+    let find = |w: Workload, arch: Arch, batch: Option<usize>| {
+        cases
+            .iter()
+            .filter(|r| r.case.workload == w && r.case.arch == Some(arch) && r.case.dtype == "f32" && r.case.beams == 1)
+            .filter(|r| batch.is_none_or(|b| r.case.batch == b))
+            .find_map(|r| r.ours.as_ref().map(Side::median_per_item))
+    };
+    let image = find(Workload::ClipImage, Arch::ClipB32, Some(8))?;
+    let text = find(Workload::ClipText, Arch::ClipB32, None)?;
+    let caption = find(Workload::BlipCaption, Arch::BlipBase, Some(8)).or_else(|| find(Workload::BlipCaption, Arch::BlipBase, None))?;
+    Some(1.0 / (image + text + caption))
+}
+
+fn index_section(ix: &IndexResult, cases: &[CaseResult]) -> String {
+    let mut s = String::new();
+    if let Some(e) = &ix.error {
+        let _ = writeln!(s, "Failed: `{}`\n", e.lines().next().unwrap_or(""));
+        let _ = writeln!(s, "```\n{e}\n```");
+        return s;
+    }
+    let (end_to_end, marginal) = index_rates(ix);
+    let model_only = model_only_rate(cases);
+    let _ = writeln!(s, "Command (each folder, fresh database): `{}`\n", ix.command);
+    s.push_str("| | value |\n|---|---:|\n");
+    let _ = writeln!(s, "| {} files: wall time | {:.1} s |", ix.images_small, ix.wall_small);
+    let _ = writeln!(s, "| {} files: wall time | {:.1} s |", ix.images_big, ix.wall_big);
+    if let Some(e) = end_to_end {
+        let _ = writeln!(s, "| end to end, {} files (start-up included) | {e:.2} images/s |", ix.images_big);
+    }
+    if let Some(m) = marginal {
+        let _ = writeln!(s, "| per extra image (start-up excluded) | {m:.2} images/s |");
+    }
+    if let Some(mo) = model_only {
+        let _ = writeln!(s, "| model-only (sum of the model rows) | {mo:.2} images/s |");
+        if let Some(m) = marginal {
+            let _ = writeln!(s, "| index ÷ model-only (target ≥ 0.85) | {:.2} |", m / mo);
+        }
+    } else {
+        s.push_str("| model-only | run with clip-image, clip-text and blip-caption to compare |\n");
+    }
+    let _ = writeln!(s, "| peak RSS ({} files) | {} |", ix.images_big, mib(ix.peak_rss_kb));
+    if let Some(info) = &ix.info {
+        let _ = writeln!(s, "\n`capmatch info --json` after the big run: `{}`", info.replace('\n', " "));
+    }
+    s
+}
+
+pub fn print_case(r: &CaseResult) {
+    let ours = r.ours.as_ref().map(|s| rate(r, s)).unwrap_or_else(|| "—".into());
+    let refv = r.reference.as_ref().map(|s| rate(r, s)).unwrap_or_else(|| "—".into());
+    let ratio = r.ratio.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "—".into());
+    eprintln!("[bench]   capmatch {ours} | reference {refv} | speed ratio {ratio}");
+    for e in &r.errors {
+        eprintln!("[bench]   error: {e}");
+    }
+}
+
+pub fn print_index(ix: &IndexResult, cases: &[CaseResult]) {
+    eprint!("{}", index_section(ix, cases));
+}

@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""The reference side of the speed harness (`capmatch-bench`): the same workloads run the
+way a user without capmatch would run them, in transformers/PyTorch (CPU) and faiss.
+
+One workload per invocation. The process loads what it needs, warms up, prints one JSON
+line `{"event": "ready", ...}` and then either
+
+* `--serve`: reads stdin; for every line `run N` it times one round of N calls of the
+  workload and prints `{"event": "round", "secs": S, "items": N}`; it exits at end of input. The
+  harness drives our worker and this one alternately (ours, ref, ours, ref, ...) so that
+  both see the same machine noise;
+* `--rounds N` (default): times N rounds itself and prints a summary line
+  `{"event": "summary", "median_secs": ..., "items_per_sec": ...}`.
+
+Workloads:
+
+    clip-image   --model DIR --dtype f32|bf16 --batch B --images DIR
+    clip-text    --model DIR --dtype f32|bf16 --captions FILE.json
+    blip-caption --model DIR --dtype f32|bf16 --batch B --beams K --new-tokens T --images DIR
+    search       --gallery FILE.npy --queries FILE.npy --k 10
+
+Utilities used by the harness to make shared inputs:
+
+    captions     --model DIR --tokens 20 --count 32 --out FILE.json
+                 captions that the checkpoint's tokenizer turns into exactly T tokens
+                 (start and end tokens included)
+    make-vectors --n N --dim D --seed S --out FILE.npy
+                 L2-normalised random float32 vectors, C order
+
+Threads: `--threads T` sets `torch.set_num_threads(T)` and faiss' OpenMP threads.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def rss_kb():
+    """(VmRSS, VmHWM) of this process in KiB."""
+    rss = hwm = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss, hwm
+
+
+def set_threads(n):
+    if n:
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+    return torch
+
+
+def torch_dtype(name):
+    import torch
+
+    return {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[name]
+
+
+def load_images(folder, count):
+    from PIL import Image
+
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        sys.exit(f"no images in {folder}")
+    images = []
+    for i in range(count):
+        with Image.open(files[i % len(files)]) as im:
+            images.append(im.convert("RGB"))
+    return images
+
+
+# ----------------------------------------------------------------------------------------
+# Workloads: each returns (ready_info, round_fn); round_fn() runs one round and returns the
+# number of items (images, captions, queries) it processed.
+
+
+def clip_image(args):
+    torch = set_threads(args.threads)
+    from transformers import AutoProcessor, CLIPModel
+
+    dtype = torch_dtype(args.dtype)
+    model = CLIPModel.from_pretrained(args.model, dtype=dtype).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    images = load_images(args.images, args.batch)
+
+    def round_fn():
+        with torch.inference_mode():
+            inputs = processor(images=images, return_tensors="pt")
+            pixel_values = inputs["pixel_values"].to(dtype)
+            out = model.get_image_features(pixel_values=pixel_values)
+            feats = out.pooler_output if hasattr(out, "pooler_output") else out
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        assert feats.shape[0] == len(images)
+        return len(images)
+
+    return {"batch": len(images), "pixel_values": list(processor(images=images[:1], return_tensors="pt")["pixel_values"].shape)}, round_fn
+
+
+def clip_text(args):
+    torch = set_threads(args.threads)
+    from transformers import AutoProcessor, CLIPModel
+
+    dtype = torch_dtype(args.dtype)
+    model = CLIPModel.from_pretrained(args.model, dtype=dtype).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    captions = json.loads(Path(args.captions).read_text())
+    lengths = {len(ids) for ids in processor.tokenizer(captions)["input_ids"]}
+
+    def round_fn():
+        with torch.inference_mode():
+            inputs = processor(text=captions, padding=True, return_tensors="pt")
+            out = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            feats = out.pooler_output if hasattr(out, "pooler_output") else out
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        assert feats.shape[0] == len(captions)
+        return len(captions)
+
+    return {"batch": len(captions), "token_lengths": sorted(lengths)}, round_fn
+
+
+def blip_caption(args):
+    torch = set_threads(args.threads)
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    dtype = torch_dtype(args.dtype)
+    model = BlipForConditionalGeneration.from_pretrained(args.model, dtype=dtype).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    images = load_images(args.images, args.batch)
+    prompts = [args.prompt] * len(images) if args.prompt else None
+    info = {"batch": len(images), "beams": args.beams, "new_tokens": args.new_tokens}
+
+    def round_fn():
+        with torch.inference_mode():
+            inputs = processor(images=images, text=prompts, return_tensors="pt")
+            kwargs = {"pixel_values": inputs["pixel_values"].to(dtype)}
+            if prompts:
+                kwargs["input_ids"] = inputs["input_ids"]
+                kwargs["attention_mask"] = inputs["attention_mask"]
+            out = model.generate(
+                **kwargs,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                num_beams=args.beams,
+                do_sample=False,
+            )
+            processor.batch_decode(out, skip_special_tokens=True)
+        info["output_shape"] = list(out.shape)
+        return len(images)
+
+    return info, round_fn
+
+
+def search(args):
+    import numpy as np
+
+    import faiss
+
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    rss_before, _ = rss_kb()
+    gallery = np.load(args.gallery, mmap_mode="r")
+    n, dim = gallery.shape
+    index = faiss.IndexFlatIP(dim)
+    # Add in chunks so the load does not hold a second full copy of the gallery.
+    for start in range(0, n, 65536):
+        index.add(np.ascontiguousarray(gallery[start : start + 65536], dtype=np.float32))
+    del gallery
+    queries = np.load(args.queries).astype(np.float32)
+    rss_after, _ = rss_kb()
+    state = {"next": 0}
+
+    def round_fn():
+        # Single-query latency, the interactive case: one query per call.
+        for _ in range(args.queries_per_round):
+            i = state["next"] % len(queries)
+            state["next"] += 1
+            index.search(queries[i : i + 1], args.k)
+        return args.queries_per_round
+
+    info = {
+        "n": n,
+        "dim": dim,
+        "k": args.k,
+        "faiss": faiss.__version__,
+        "rss_before_load_kb": rss_before,
+        "rss_after_build_kb": rss_after,
+    }
+    return info, round_fn
+
+
+# ----------------------------------------------------------------------------------------
+# Utilities
+
+
+WORDS = (
+    "a photo of the small red dog sitting on green grass next to an old blue house while "
+    "two children play with a yellow ball under the tall tree in a quiet park near the "
+    "river on a warm sunny day and some people walk by with their black cat and white bird"
+).split()
+
+
+def captions(args):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    out = []
+    for i in range(args.count):
+        words = []
+        j = i
+        while True:
+            words.append(WORDS[j % len(WORDS)])
+            j += 1
+            n = len(tokenizer(" ".join(words))["input_ids"])
+            if n >= args.tokens:
+                break
+        if n != args.tokens:
+            sys.exit(f"could not build a caption of exactly {args.tokens} tokens")
+        out.append(" ".join(words))
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    emit({"event": "captions", "count": len(out), "tokens": args.tokens})
+
+
+def make_vectors(args):
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    out = np.lib.format.open_memmap(args.out, mode="w+", dtype=np.float32, shape=(args.n, args.dim))
+    for start in range(0, args.n, 65536):
+        block = rng.standard_normal((min(65536, args.n - start), args.dim), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[start : start + len(block)] = block
+    out.flush()
+    del out
+    emit({"event": "vectors", "n": args.n, "dim": args.dim, "path": args.out})
+
+
+# ----------------------------------------------------------------------------------------
+
+
+WORKLOADS = {"clip-image": clip_image, "clip-text": clip_text, "blip-caption": blip_caption, "search": search}
+UTILITIES = {"captions": captions, "make-vectors": make_vectors}
+
+
+def versions():
+    out = {"python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "faiss", "numpy"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - a missing package is reported, not fatal
+            out[name] = None
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workload", choices=sorted(WORKLOADS) + sorted(UTILITIES) + ["versions"])
+    p.add_argument("--model")
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--images")
+    p.add_argument("--captions")
+    p.add_argument("--beams", type=int, default=1)
+    p.add_argument("--new-tokens", type=int, default=20)
+    p.add_argument("--prompt", default="a picture of")
+    p.add_argument("--gallery")
+    p.add_argument("--queries")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--queries-per-round", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--serve", action="store_true")
+    p.add_argument("--tokens", type=int, default=20)
+    p.add_argument("--count", type=int, default=32)
+    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out")
+    args = p.parse_args()
+
+    if args.workload == "versions":
+        emit({"event": "versions", **versions()})
+        return
+    if args.workload in UTILITIES:
+        UTILITIES[args.workload](args)
+        return
+
+    t0 = time.perf_counter()
+    info, round_fn = WORKLOADS[args.workload](args)
+    load_secs = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        round_fn()
+    warmup_secs = time.perf_counter() - t0
+    threads = None
+    if args.workload != "search":
+        import torch
+
+        threads = torch.get_num_threads()
+    emit({"event": "ready", "load_secs": load_secs, "warmup_secs": warmup_secs, "threads": threads, **info})
+
+    def timed():
+        t = time.perf_counter()
+        items = round_fn()
+        return time.perf_counter() - t, items
+
+    if args.serve:
+        for line in sys.stdin:
+            words = line.split()
+            cmd = words[0] if words else ""
+            if cmd == "run":
+                calls = int(words[1]) if len(words) > 1 else 1
+                t = time.perf_counter()
+                items = sum(round_fn() for _ in range(max(calls, 1)))
+                secs = time.perf_counter() - t
+                rss, hwm = rss_kb()
+                emit({"event": "round", "secs": secs, "items": items, "rss_kb": rss, "hwm_kb": hwm})
+            elif cmd == "quit":
+                break
+            elif cmd:
+                emit({"event": "error", "message": f"unknown command {cmd!r}"})
+        return
+    times = []
+    items = 0
+    for _ in range(args.rounds):
+        secs, items = timed()
+        times.append(secs)
+    med = statistics.median(times)
+    rss, hwm = rss_kb()
+    emit({"event": "summary", "rounds": times, "median_secs": med, "items": items, "items_per_sec": items / med, "rss_kb": rss, "hwm_kb": hwm})
+
+
+if __name__ == "__main__":
+    main()
