@@ -1,1 +1,619 @@
-//! (being written)
+//! BLIP image captioning (`BlipForConditionalGeneration`, e.g. Salesforce/blip-image-captioning-base
+//! and -large), following transformers 5.23's `modeling_blip.py` / `modeling_blip_text.py`.
+//!
+//! - [`BlipVisionModel`]: a ViT (conv patch embedding + class token + learned positions,
+//!   pre-LN encoder layers with a fused `qkv`, `post_layernorm` on every token).
+//! - [`BlipTextLMHeadModel`]: a BERT decoder (post-LN) whose layers run causal
+//!   self-attention (KV-cached), cross-attention to the image tokens, and an MLP; the LM head
+//!   is BERT's prediction head, its decoder weight tied to the word embeddings when the
+//!   checkpoint omits it.
+//! - [`BlipForConditionalGeneration`]: both, plus [`BlipCaptionDecoder`], the
+//!   [`StepDecoder`](crate::generation::StepDecoder) that `generation::generate` drives (the
+//!   image keys/values of every cross-attention layer are computed once per image and
+//!   reordered, never recomputed).
+//!
+//! Tensor names are the checkpoint's own (`vision_model.…`, `text_decoder.bert.…`,
+//! `text_decoder.cls.…`).
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_nn::{Conv2d, Conv2dConfig, Embedding, LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+
+use crate::generation::{StepDecoder, TokenIds};
+
+/// An `int` or a `[height, width]` pair (BlipVisionConfig's `image_size` / `patch_size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Size2 {
+    Square(usize),
+    Pair([usize; 2]),
+}
+
+impl Size2 {
+    pub fn hw(&self) -> (usize, usize) {
+        match *self {
+            Self::Square(s) => (s, s),
+            Self::Pair([h, w]) => (h, w),
+        }
+    }
+}
+
+fn d_vision_hidden() -> usize { 768 }
+fn d_3072() -> usize { 3072 }
+fn d_512() -> usize { 512 }
+fn d_768() -> usize { 768 }
+fn d_12() -> usize { 12 }
+fn d_8() -> usize { 8 }
+fn d_image_size() -> Size2 { Size2::Square(384) }
+fn d_patch_size() -> Size2 { Size2::Square(16) }
+fn d_gelu() -> String { "gelu".into() }
+fn d_eps_vision() -> f64 { 1e-5 }
+fn d_eps_text() -> f64 { 1e-12 }
+fn d_vocab() -> usize { 30524 }
+fn d_true() -> bool { true }
+fn d_bos() -> Option<u32> { Some(30522) }
+fn d_eos() -> Option<TokenIds> { Some(TokenIds::One(2)) }
+fn d_pad() -> Option<u32> { Some(0) }
+fn d_sep() -> Option<u32> { Some(102) }
+
+/// transformers' `BlipVisionConfig` (defaults are transformers' defaults).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BlipVisionConfig {
+    #[serde(default = "d_vision_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "d_3072")]
+    pub intermediate_size: usize,
+    #[serde(default = "d_512")]
+    pub projection_dim: usize,
+    #[serde(default = "d_12")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_12")]
+    pub num_attention_heads: usize,
+    #[serde(default = "d_image_size")]
+    pub image_size: Size2,
+    #[serde(default = "d_patch_size")]
+    pub patch_size: Size2,
+    #[serde(default = "d_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "d_eps_vision")]
+    pub layer_norm_eps: f64,
+}
+
+impl Default for BlipVisionConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults")
+    }
+}
+
+/// transformers' `BlipTextConfig` (defaults are transformers' defaults; note the default
+/// `num_attention_heads` is 8, while the Salesforce checkpoints say 12).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BlipTextConfig {
+    #[serde(default = "d_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "d_768")]
+    pub hidden_size: usize,
+    /// Overwritten with the vision hidden size by [`BlipConfig`] (as transformers does).
+    #[serde(default = "d_768")]
+    pub encoder_hidden_size: usize,
+    #[serde(default = "d_3072")]
+    pub intermediate_size: usize,
+    #[serde(default = "d_768")]
+    pub projection_dim: usize,
+    #[serde(default = "d_12")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_8")]
+    pub num_attention_heads: usize,
+    #[serde(default = "d_512")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "d_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "d_eps_text")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "d_bos")]
+    pub bos_token_id: Option<u32>,
+    #[serde(default = "d_eos")]
+    pub eos_token_id: Option<TokenIds>,
+    #[serde(default = "d_pad")]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "d_sep")]
+    pub sep_token_id: Option<u32>,
+    #[serde(default = "d_true")]
+    pub is_decoder: bool,
+    #[serde(default = "d_true")]
+    pub tie_word_embeddings: bool,
+}
+
+impl Default for BlipTextConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults")
+    }
+}
+
+/// transformers' `BlipConfig`: the checkpoint's `config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BlipConfig {
+    #[serde(default)]
+    pub architectures: Option<Vec<String>>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub text_config: BlipTextConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub vision_config: BlipVisionConfig,
+    #[serde(default = "d_512")]
+    pub projection_dim: usize,
+    #[serde(default = "d_true")]
+    pub tie_word_embeddings: bool,
+}
+
+fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+impl BlipConfig {
+    /// Parses `config.json` and applies `BlipConfig.__post_init__`
+    /// (`text_config.encoder_hidden_size = vision_config.hidden_size`).
+    pub fn from_json(text: &str) -> serde_json::Result<Self> {
+        let mut cfg: Self = serde_json::from_str(text)?;
+        cfg.text_config.encoder_hidden_size = cfg.vision_config.hidden_size;
+        Ok(cfg)
+    }
+}
+
+fn activation(name: &str, xs: &Tensor) -> Result<Tensor> {
+    match name {
+        "gelu" => xs.gelu_erf(),
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => xs.gelu(),
+        "quick_gelu" => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+        "relu" => xs.relu(),
+        "silu" | "swish" => xs.silu(),
+        other => candle_core::bail!("unsupported hidden_act {other:?}"),
+    }
+}
+
+/// `(b, t, heads*hd)` → `(b, heads, t, hd)`, contiguous.
+fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, c) = x.dims3()?;
+    x.reshape((b, t, heads, c / heads))?.transpose(1, 2)?.contiguous()
+}
+
+/// `(b, heads, t, hd)` → `(b, t, heads*hd)`.
+fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    x.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))
+}
+
+/// softmax(q kᵀ · scale + mask) v, eager, as transformers computes it.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
+        None => scores,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs.matmul(v)
+}
+
+// ---------------------------------------------------------------------------------------
+// Vision
+// ---------------------------------------------------------------------------------------
+
+struct VisionLayer {
+    qkv: Linear,
+    projection: Linear,
+    layer_norm1: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    layer_norm2: LayerNorm,
+    heads: usize,
+    act: String,
+}
+
+impl VisionLayer {
+    fn load(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            qkv: candle_nn::linear(h, 3 * h, vb.pp("self_attn.qkv"))?,
+            projection: candle_nn::linear(h, h, vb.pp("self_attn.projection"))?,
+            layer_norm1: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            fc1: candle_nn::linear(h, cfg.intermediate_size, vb.pp("mlp.fc1"))?,
+            fc2: candle_nn::linear(cfg.intermediate_size, h, vb.pp("mlp.fc2"))?,
+            layer_norm2: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            heads: cfg.num_attention_heads,
+            act: cfg.hidden_act.clone(),
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = xs.dims3()?;
+        let hd = c / self.heads;
+        let residual = xs;
+        let h = self.layer_norm1.forward(xs)?;
+        let qkv = self.qkv.forward(&h)?.reshape((b, t, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
+        let q = qkv.i(0)?.contiguous()?;
+        let k = qkv.i(1)?.contiguous()?;
+        let v = qkv.i(2)?.contiguous()?;
+        let ctx = attention(&q, &k, &v, (hd as f64).powf(-0.5), None)?;
+        let h = self.projection.forward(&merge_heads(&ctx)?)?;
+        let xs = (h + residual)?;
+        let residual = &xs;
+        let h = self.layer_norm2.forward(&xs)?;
+        let h = self.fc2.forward(&activation(&self.act, &self.fc1.forward(&h)?)?)?;
+        h + residual
+    }
+}
+
+/// `BlipVisionModel`: pixels `(b, 3, H, W)` → `last_hidden_state` `(b, 1 + patches, hidden)`.
+pub struct BlipVisionModel {
+    class_embedding: Tensor,
+    patch_embedding: Conv2d,
+    position_embedding: Tensor,
+    layers: Vec<VisionLayer>,
+    post_layernorm: LayerNorm,
+    config: BlipVisionConfig,
+}
+
+impl BlipVisionModel {
+    /// `vb` at `vision_model`.
+    pub fn load(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (ih, iw) = cfg.image_size.hw();
+        let (ph, pw) = cfg.patch_size.hw();
+        if ph != pw {
+            candle_core::bail!("non-square patches ({ph}x{pw}) are not supported");
+        }
+        let num_positions = (ih / ph) * (iw / pw) + 1;
+        let emb = vb.pp("embeddings");
+        let conv_cfg = Conv2dConfig { stride: ph, ..Default::default() };
+        Ok(Self {
+            class_embedding: emb.get((1, 1, h), "class_embedding")?,
+            patch_embedding: candle_nn::conv2d(3, h, ph, conv_cfg, emb.pp("patch_embedding"))?,
+            position_embedding: emb.get((1, num_positions, h), "position_embedding")?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| VisionLayer::load(cfg, vb.pp(format!("encoder.layers.{i}"))))
+                .collect::<Result<_>>()?,
+            post_layernorm: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
+            config: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &BlipVisionConfig {
+        &self.config
+    }
+
+    /// The dtype of the weights (pixels are converted to it, as transformers does).
+    pub fn dtype(&self) -> DType {
+        self.class_embedding.dtype()
+    }
+
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = pixel_values.dims4()?;
+        let (ih, iw) = self.config.image_size.hw();
+        if (h, w) != (ih, iw) {
+            candle_core::bail!("pixel values are {h}x{w}, the model expects {ih}x{iw} (position interpolation is not supported)");
+        }
+        let dtype = self.dtype();
+        let patches = self.patch_embedding.forward(&pixel_values.to_dtype(dtype)?)?; // (b, hidden, gh, gw)
+        let patches = patches.flatten_from(2)?.transpose(1, 2)?; // (b, n, hidden)
+        let class = self.class_embedding.broadcast_as((b, 1, self.config.hidden_size))?;
+        let mut xs = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs)?;
+        }
+        self.post_layernorm.forward(&xs)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Text decoder
+// ---------------------------------------------------------------------------------------
+
+struct BertAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    dense: Linear,
+    layer_norm: LayerNorm,
+    heads: usize,
+}
+
+impl BertAttention {
+    fn load(cfg: &BlipTextConfig, kv_in: usize, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            query: candle_nn::linear(h, h, vb.pp("self.query"))?,
+            key: candle_nn::linear(kv_in, h, vb.pp("self.key"))?,
+            value: candle_nn::linear(kv_in, h, vb.pp("self.value"))?,
+            dense: candle_nn::linear(h, h, vb.pp("output.dense"))?,
+            layer_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            heads: cfg.num_attention_heads,
+        })
+    }
+
+    fn keys_values(&self, states: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            split_heads(&self.key.forward(states)?, self.heads)?,
+            split_heads(&self.value.forward(states)?, self.heads)?,
+        ))
+    }
+
+    /// Attention over `(k, v)`, then the BERT output block (dense + residual + LayerNorm).
+    fn forward(&self, xs: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let q = split_heads(&self.query.forward(xs)?, self.heads)?;
+        let hd = q.dim(D::Minus1)?;
+        let ctx = attention(&q, k, v, 1.0 / (hd as f64).sqrt(), mask)?;
+        let out = self.dense.forward(&merge_heads(&ctx)?)?;
+        self.layer_norm.forward(&(out + xs)?)
+    }
+}
+
+struct TextLayer {
+    attention: BertAttention,
+    crossattention: BertAttention,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    act: String,
+}
+
+impl TextLayer {
+    fn load(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            attention: BertAttention::load(cfg, h, vb.pp("attention"))?,
+            crossattention: BertAttention::load(cfg, cfg.encoder_hidden_size, vb.pp("crossattention"))?,
+            intermediate: candle_nn::linear(h, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
+            output: candle_nn::linear(cfg.intermediate_size, h, vb.pp("output.dense"))?,
+            output_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            act: cfg.hidden_act.clone(),
+        })
+    }
+}
+
+/// Per-layer decoder state for a set of rows: the self-attention KV cache and the image
+/// keys/values of every cross-attention.
+#[derive(Clone)]
+pub struct TextDecoderState {
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    cross_kv: Vec<(Tensor, Tensor)>,
+    past_len: usize,
+}
+
+impl TextDecoderState {
+    /// Number of rows.
+    pub fn rows(&self) -> Result<usize> {
+        self.cross_kv.first().map_or(Ok(0), |(k, _)| k.dim(0))
+    }
+
+    /// New row `i` = old row `rows[i]` (duplicates allowed).
+    pub fn reorder(&mut self, rows: &[u32]) -> Result<()> {
+        let Some((k0, _)) = self.cross_kv.first() else { return Ok(()) };
+        let idx = Tensor::from_slice(rows, rows.len(), k0.device())?;
+        let sel = |t: &Tensor| t.index_select(&idx, 0);
+        for kv in self.self_kv.iter_mut().flatten() {
+            *kv = (sel(&kv.0)?, sel(&kv.1)?);
+        }
+        for kv in self.cross_kv.iter_mut() {
+            *kv = (sel(&kv.0)?, sel(&kv.1)?);
+        }
+        Ok(())
+    }
+}
+
+/// `BlipTextLMHeadModel`: the BERT decoder + LM head (`text_decoder.*`).
+pub struct BlipTextLMHeadModel {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    embeddings_norm: LayerNorm,
+    layers: Vec<TextLayer>,
+    transform_dense: Linear,
+    transform_norm: LayerNorm,
+    decoder: Linear,
+    config: BlipTextConfig,
+}
+
+impl BlipTextLMHeadModel {
+    /// `vb` at `text_decoder`.
+    pub fn load(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let bert = vb.pp("bert");
+        let emb = bert.pp("embeddings");
+        let word_embeddings = candle_nn::embedding(cfg.vocab_size, h, emb.pp("word_embeddings"))?;
+        let pred = vb.pp("cls.predictions");
+        // Tied weights (`_tied_weights_keys`): saved checkpoints omit `decoder.weight` / `decoder.bias`.
+        let weight = if pred.contains_tensor("decoder.weight") {
+            pred.get((cfg.vocab_size, h), "decoder.weight")?
+        } else {
+            word_embeddings.embeddings().clone()
+        };
+        let bias = if pred.contains_tensor("bias") {
+            pred.get(cfg.vocab_size, "bias")?
+        } else {
+            pred.get(cfg.vocab_size, "decoder.bias")?
+        };
+        Ok(Self {
+            word_embeddings,
+            position_embeddings: candle_nn::embedding(cfg.max_position_embeddings, h, emb.pp("position_embeddings"))?,
+            embeddings_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, emb.pp("LayerNorm"))?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| TextLayer::load(cfg, bert.pp(format!("encoder.layer.{i}"))))
+                .collect::<Result<_>>()?,
+            transform_dense: candle_nn::linear(h, h, pred.pp("transform.dense"))?,
+            transform_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, pred.pp("transform.LayerNorm"))?,
+            decoder: Linear::new(weight, Some(bias)),
+            config: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &BlipTextConfig {
+        &self.config
+    }
+
+    /// A fresh state for `image_embeds` `(rows, tokens, encoder_hidden)`: the cross-attention
+    /// keys/values of every layer, computed once here.
+    pub fn start(&self, image_embeds: &Tensor) -> Result<TextDecoderState> {
+        Ok(TextDecoderState {
+            self_kv: vec![None; self.layers.len()],
+            cross_kv: self
+                .layers
+                .iter()
+                .map(|l| l.crossattention.keys_values(image_embeds))
+                .collect::<Result<_>>()?,
+            past_len: 0,
+        })
+    }
+
+    /// Runs `input_ids` `(rows, n)` after the cached positions; returns the last hidden
+    /// states `(rows, n, hidden)` and extends the cache.
+    pub fn forward_hidden(&self, input_ids: &Tensor, state: &mut TextDecoderState) -> Result<Tensor> {
+        let (_, n) = input_ids.dims2()?;
+        let past = state.past_len;
+        if past + n > self.config.max_position_embeddings {
+            candle_core::bail!("sequence of {} tokens exceeds max_position_embeddings {}", past + n, self.config.max_position_embeddings);
+        }
+        let device = input_ids.device();
+        let positions = Tensor::arange(past as u32, (past + n) as u32, device)?;
+        let xs = self.word_embeddings.forward(input_ids)?.broadcast_add(&self.position_embeddings.forward(&positions)?)?;
+        let mut xs = self.embeddings_norm.forward(&xs)?;
+        let dtype = xs.dtype();
+        // Causal mask over [past | new]: new token i sees positions ≤ past + i.
+        let mask = if n > 1 {
+            let m: Vec<f32> = (0..n)
+                .flat_map(|i| (0..past + n).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+                .collect();
+            Some(Tensor::from_vec(m, (1, 1, n, past + n), device)?.to_dtype(dtype)?)
+        } else {
+            None
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (k, v) = layer.attention.keys_values(&xs)?;
+            let (k, v) = match &state.self_kv[i] {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                None => (k, v),
+            };
+            let h = layer.attention.forward(&xs, &k, &v, mask.as_ref())?;
+            state.self_kv[i] = Some((k, v));
+            let (ck, cv) = &state.cross_kv[i];
+            let h = layer.crossattention.forward(&h, ck, cv, None)?;
+            let inter = activation(&layer.act, &layer.intermediate.forward(&h)?)?;
+            xs = layer.output_norm.forward(&(layer.output.forward(&inter)? + &h)?)?;
+        }
+        state.past_len += n;
+        Ok(xs)
+    }
+
+    /// The LM head: hidden states `(…, hidden)` → logits `(…, vocab)`.
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let h = self.transform_dense.forward(hidden)?;
+        let h = self.transform_norm.forward(&activation(&self.config.hidden_act, &h)?)?;
+        self.decoder.forward(&h)
+    }
+
+    /// Next-token logits `(rows, vocab)` (of the last position) for `input_ids` `(rows, n)`.
+    pub fn next_logits(&self, input_ids: &Tensor, state: &mut TextDecoderState) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, state)?;
+        let n = hidden.dim(1)?;
+        self.lm_head(&hidden.i((.., n - 1, ..))?.contiguous()?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Captioning model
+// ---------------------------------------------------------------------------------------
+
+/// `BlipForConditionalGeneration` (the captioning model).
+pub struct BlipForConditionalGeneration {
+    pub vision_model: BlipVisionModel,
+    pub text_decoder: BlipTextLMHeadModel,
+    config: BlipConfig,
+}
+
+impl BlipForConditionalGeneration {
+    /// `vb` at the checkpoint root.
+    pub fn load(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
+        let mut cfg = cfg.clone();
+        cfg.text_config.encoder_hidden_size = cfg.vision_config.hidden_size;
+        Ok(Self {
+            vision_model: BlipVisionModel::load(&cfg.vision_config, vb.pp("vision_model"))?,
+            text_decoder: BlipTextLMHeadModel::load(&cfg.text_config, vb.pp("text_decoder"))?,
+            config: cfg,
+        })
+    }
+
+    pub fn config(&self) -> &BlipConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        self.vision_model.class_embedding.device()
+    }
+
+    /// Vision `last_hidden_state` (the `image_embeds` the decoder attends to).
+    pub fn image_embeds(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.vision_model.forward(pixel_values)
+    }
+
+    /// A [`StepDecoder`] over these images (one row per image).
+    pub fn caption_decoder(&self, pixel_values: &Tensor) -> Result<BlipCaptionDecoder<'_>> {
+        let embeds = self.image_embeds(pixel_values)?;
+        Ok(BlipCaptionDecoder { model: &self.text_decoder, state: self.text_decoder.start(&embeds)? })
+    }
+
+    /// The `input_ids` that `BlipForConditionalGeneration.generate` gives the text decoder
+    /// for a prompt tokenized with special tokens (`[CLS] … [SEP]`): `[CLS]` replaced by BOS,
+    /// the final token dropped. `None` (no prompt) gives `[BOS]`.
+    pub fn decoder_prompt(&self, prompt_ids: Option<&[u32]>) -> Result<Vec<u32>> {
+        let bos = self.config.text_config.bos_token_id.ok_or_else(|| candle_core::Error::Msg("text_config.bos_token_id is not set".into()))?;
+        match prompt_ids {
+            None => Ok(vec![bos]),
+            Some(ids) if ids.len() < 2 => candle_core::bail!("a tokenized prompt has at least [CLS] and [SEP]"),
+            Some(ids) => {
+                let mut v = ids[..ids.len() - 1].to_vec();
+                v[0] = bos;
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// The [`StepDecoder`] of BLIP captioning: the text decoder attending to fixed image tokens.
+pub struct BlipCaptionDecoder<'a> {
+    model: &'a BlipTextLMHeadModel,
+    state: TextDecoderState,
+}
+
+impl StepDecoder for BlipCaptionDecoder<'_> {
+    fn forward(&mut self, tokens: &Tensor) -> Result<Tensor> {
+        self.model.next_logits(tokens, &mut self.state)
+    }
+
+    fn reorder(&mut self, rows: &[u32]) -> Result<()> {
+        self.state.reorder(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_match_transformers() {
+        let c = BlipConfig::from_json(r#"{"vision_config": {"hidden_size": 32, "image_size": [48, 64]}}"#).unwrap();
+        assert_eq!(c.text_config.encoder_hidden_size, 32);
+        assert_eq!(c.text_config.num_attention_heads, 8);
+        assert_eq!(c.text_config.vocab_size, 30524);
+        assert_eq!(c.text_config.bos_token_id, Some(30522));
+        assert_eq!(c.text_config.sep_token_id, Some(102));
+        assert_eq!(c.vision_config.image_size.hw(), (48, 64));
+        assert_eq!(c.vision_config.patch_size.hw(), (16, 16));
+        assert_eq!(c.vision_config.layer_norm_eps, 1e-5);
+        assert_eq!(c.text_config.layer_norm_eps, 1e-12);
+        let c = BlipConfig::from_json(r#"{"text_config": null, "vision_config": null}"#).unwrap();
+        assert_eq!(c.vision_config.hidden_size, 768);
+    }
+}
