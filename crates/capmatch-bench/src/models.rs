@@ -1,19 +1,59 @@
-//! Our model workloads (CLIP towers, BLIP captioning) through capmatch-core's public API.
-//! Wired up as the model crates land.
+//! Our model workloads (CLIP towers, BLIP captioning) through capmatch-core's public API,
+//! the calls `capmatch embed` / `capmatch index` make.
 
-use anyhow::{bail, Result};
-use serde_json::Value;
+use anyhow::{bail, Context, Result};
+use capmatch_core::embedder::ClipEmbedder;
+use capmatch_core::DType;
+use serde_json::{json, Value};
 
-use crate::worker::WorkerArgs;
+use crate::worker::{load_images, WorkerArgs};
 
 type RoundFn = Box<dyn FnMut() -> Result<usize>>;
 
-pub fn clip_image(_args: &WorkerArgs) -> Result<(Value, RoundFn)> {
-    bail!("capmatch-core has no ClipEmbedder yet")
+pub fn dtype(name: &str) -> Result<DType> {
+    Ok(match name {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => bail!("unknown dtype {other}"),
+    })
 }
 
-pub fn clip_text(_args: &WorkerArgs) -> Result<(Value, RoundFn)> {
-    bail!("capmatch-core has no ClipEmbedder yet")
+pub fn clip_image(args: &WorkerArgs) -> Result<(Value, RoundFn)> {
+    let model = args.model.as_deref().context("--model")?;
+    let embedder = ClipEmbedder::load(model, dtype(&args.dtype)?)?;
+    let images = load_images(args.images.as_deref().context("--images")?, args.batch)?;
+    let info = json!({"batch": images.len(), "image_size": [images[0].width(), images[0].height()]});
+    let round: RoundFn = Box::new(move || {
+        let out = embedder.embed_images(&images)?;
+        if out.len() != images.len() {
+            bail!("{} embeddings for {} images", out.len(), images.len());
+        }
+        std::hint::black_box(out);
+        Ok(images.len())
+    });
+    Ok((info, round))
+}
+
+pub fn clip_text(args: &WorkerArgs) -> Result<(Value, RoundFn)> {
+    let model = args.model.as_deref().context("--model")?;
+    let embedder = ClipEmbedder::load(model, dtype(&args.dtype)?)?;
+    let path = args.captions.as_deref().context("--captions")?;
+    let captions: Vec<String> = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let mut lengths: Vec<usize> = captions.iter().map(|c| embedder.tokenize(c).map(|t| t.len())).collect::<Result<_>>()?;
+    lengths.sort_unstable();
+    lengths.dedup();
+    let info = json!({"batch": captions.len(), "token_lengths": lengths});
+    let round: RoundFn = Box::new(move || {
+        let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
+        let out = embedder.embed_texts(&texts)?;
+        if out.len() != texts.len() {
+            bail!("{} embeddings for {} texts", out.len(), texts.len());
+        }
+        std::hint::black_box(out);
+        Ok(texts.len())
+    });
+    Ok((info, round))
 }
 
 pub fn blip_caption(_args: &WorkerArgs) -> Result<(Value, RoundFn)> {
