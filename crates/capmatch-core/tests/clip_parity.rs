@@ -1,0 +1,256 @@
+//! CLIP parity against transformers: every fixture under fixtures/clip/ (written by
+//! tools/reference/clip_fixtures.py) holds a tiny random-weight `CLIPModel` checkpoint, the
+//! real CLIP tokenizer and the reference outputs of transformers (f32) for a set of texts and
+//! images. Run with `cargo test --release -p capmatch-core --test clip_parity`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use capmatch_core::embedder::ClipEmbedder;
+use capmatch_core::image_io::{decode_file, DecodeLimits};
+use capmatch_core::preprocess::ImageProcessor;
+use image::RgbImage;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    let root = repo_root().join("fixtures/clip");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").is_file() && p.join("reference.safetensors").is_file())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 2, "expected at least two CLIP fixtures in {}", root.display());
+    dirs
+}
+
+struct Fixture {
+    dir: PathBuf,
+    texts: Vec<String>,
+    /// (name, kind, decoded image)
+    images: Vec<(String, String, RgbImage)>,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Fixture {
+    fn load(dir: &Path) -> Self {
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let texts = meta["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
+        let images = meta["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|im| {
+                let rel = im["path"].as_str().unwrap();
+                let path = if im["repo_relative"].as_bool().unwrap() { repo_root().join(rel) } else { dir.join(rel) };
+                let img = decode_file(&path, &DecodeLimits::default()).unwrap();
+                (im["name"].as_str().unwrap().to_owned(), im["kind"].as_str().unwrap().to_owned(), img)
+            })
+            .collect();
+        let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+        Self { dir: dir.to_path_buf(), texts, images, tensors }
+    }
+
+    fn t(&self, key: &str) -> &Tensor {
+        self.tensors.get(key).unwrap_or_else(|| panic!("{}: no tensor {key}", self.dir.display()))
+    }
+
+    fn vec(&self, key: &str) -> Vec<f32> {
+        self.t(key).to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn ids(&self, key: &str) -> Vec<Vec<u32>> {
+        self.t(key).to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap().into_iter()
+            .map(|r| r.into_iter().map(|x| x as u32).collect())
+            .collect()
+    }
+
+    fn name(&self) -> String {
+        self.dir.file_name().unwrap().to_string_lossy().into_owned()
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn token_ids_are_identical() {
+    for dir in fixture_dirs() {
+        let fx = Fixture::load(&dir);
+        let emb = ClipEmbedder::load(&dir, DType::F32).unwrap();
+        let mut saw_truncation = false;
+        for (i, text) in fx.texts.iter().enumerate() {
+            let want = &fx.ids(&format!("text.{i}.input_ids"))[0];
+            let got = emb.tokenize(text).unwrap();
+            assert_eq!(&got, want, "{}: text {i} {text:?}", fx.name());
+            saw_truncation |= got.len() == emb.max_text_len();
+        }
+        assert!(saw_truncation, "{}: no text reached the context length", fx.name());
+        // The real CLIP vocabulary: well-known ids.
+        assert_eq!(emb.tokenize("a photo of a cat").unwrap(), vec![49406, 320, 1125, 539, 320, 2368, 49407]);
+
+        let texts: Vec<&str> = fx.texts.iter().map(String::as_str).collect();
+        let (ids, mask) = emb.encode_batch(&texts).unwrap();
+        let to_rows = |t: Tensor| -> Vec<Vec<u32>> { t.to_vec2::<u32>().unwrap() };
+        assert_eq!(to_rows(ids), fx.ids("text_batch.input_ids"), "{}: padded batch ids", fx.name());
+        assert_eq!(to_rows(mask), fx.ids("text_batch.attention_mask"), "{}: attention mask", fx.name());
+    }
+}
+
+#[test]
+fn f32_text_embeddings_match_transformers() {
+    for dir in fixture_dirs() {
+        let fx = Fixture::load(&dir);
+        let emb = ClipEmbedder::load(&dir, DType::F32).unwrap();
+        let texts: Vec<&str> = fx.texts.iter().map(String::as_str).collect();
+        // All together (padded batch) and one by one must both match.
+        let batch = emb.embed_texts(&texts).unwrap();
+        let reference_batch = fx.vec("text_batch.embeds");
+        let dim = emb.dim();
+        for (i, text) in texts.iter().enumerate() {
+            let want = fx.vec(&format!("text.{i}.embeds"));
+            assert_eq!(want.len(), dim);
+            let single = &emb.embed_texts(&[text]).unwrap()[0];
+            for (label, got) in [("batch", &batch[i]), ("single", single)] {
+                let d = max_abs_diff(got, &want);
+                let c = cosine(got, &want);
+                assert!(d <= 1e-4 && c >= 0.99999, "{} text {i} ({label}): max abs {d:e}, cosine {c}", fx.name());
+            }
+            assert!(max_abs_diff(&batch[i], &reference_batch[i * dim..(i + 1) * dim]) <= 1e-4);
+            let norm: f32 = batch[i].iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn pixels_match_on_images_that_need_no_resampling() {
+    for dir in fixture_dirs() {
+        let fx = Fixture::load(&dir);
+        let proc = ImageProcessor::from_file(&dir.join("preprocessor_config.json")).unwrap();
+        let mut n = 0;
+        for (name, kind, img) in &fx.images {
+            if kind != "exact" {
+                continue;
+            }
+            let got = proc.preprocess(img).unwrap();
+            let want = fx.vec(&format!("image.{name}.pixel_values"));
+            let d = max_abs_diff(&got, &want);
+            assert!(d <= 1e-4, "{} {name}: pixel max abs diff {d:e}", fx.name());
+            n += 1;
+        }
+        assert!(n >= 2, "{}: too few exact-size images", fx.name());
+    }
+}
+
+#[test]
+fn resampling_matches_pillow() {
+    // Pillow's antialiased bicubic vs fast_image_resize's CatmullRom convolution on U8.
+    let mut worst = 0u8;
+    let mut mismatched = 0usize;
+    let mut total = 0usize;
+    for dir in fixture_dirs() {
+        let fx = Fixture::load(&dir);
+        let proc = ImageProcessor::from_file(&dir.join("preprocessor_config.json")).unwrap();
+        for (name, kind, img) in &fx.images {
+            if kind != "resampled" {
+                continue;
+            }
+            let want = fx.t(&format!("image.{name}.resized_u8")); // (3, H, W)
+            let (_, h, w) = want.dims3().unwrap();
+            let want: Vec<u8> = want.permute((1, 2, 0)).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let got = proc.resize_image(img).unwrap();
+            assert_eq!((got.height() as usize, got.width() as usize), (h, w), "{} {name}: resized size", fx.name());
+            for (a, b) in got.as_raw().iter().zip(&want) {
+                let d = a.abs_diff(*b);
+                worst = worst.max(d);
+                mismatched += (d != 0) as usize;
+            }
+            total += want.len();
+            // The full pixel tensor: identical 8-bit input -> float-exact output.
+            let px = proc.preprocess(img).unwrap();
+            let d = max_abs_diff(&px, &fx.vec(&format!("image.{name}.pixel_values")));
+            assert!(d <= 1e-4, "{} {name}: pixel max abs diff {d:e}", fx.name());
+        }
+    }
+    eprintln!("resampling vs Pillow: {mismatched} of {total} channel values differ, worst by {worst}");
+    assert_eq!(worst, 0, "{mismatched} of {total} resampled values differ from Pillow (worst by {worst})");
+}
+
+#[test]
+fn f32_image_embeddings_match_transformers() {
+    for dir in fixture_dirs() {
+        let fx = Fixture::load(&dir);
+        let emb = ClipEmbedder::load(&dir, DType::F32).unwrap();
+        for (name, kind, img) in &fx.images {
+            let want = fx.vec(&format!("image.{name}.embeds"));
+            let got = &emb.embed_images(std::slice::from_ref(img)).unwrap()[0];
+            let d = max_abs_diff(got, &want);
+            let c = cosine(got, &want);
+            if kind == "exact" {
+                assert!(d <= 1e-4 && c >= 0.99999, "{} {name}: max abs {d:e}, cosine {c}", fx.name());
+            } else {
+                assert!(c >= 0.999, "{} {name} (resampled): cosine {c}", fx.name());
+            }
+        }
+        // A batch of all images gives the same as one by one.
+        let imgs: Vec<RgbImage> = fx.images.iter().map(|(_, _, i)| i.clone()).collect();
+        let batch = emb.embed_images(&imgs).unwrap();
+        for ((name, _, _), got) in fx.images.iter().zip(&batch) {
+            let want = fx.vec(&format!("image.{name}.embeds"));
+            assert!(cosine(got, &want) >= 0.999, "{} {name}: batched", fx.name());
+        }
+    }
+}
+
+#[test]
+fn half_precision_embeddings_stay_close() {
+    for dir in fixture_dirs() {
+        let fx = Fixture::load(&dir);
+        let texts: Vec<&str> = fx.texts.iter().map(String::as_str).collect();
+        let imgs: Vec<RgbImage> = fx.images.iter().map(|(_, _, i)| i.clone()).collect();
+        for dtype in [DType::BF16, DType::F16] {
+            let emb = ClipEmbedder::load(&dir, dtype).unwrap();
+            let mut worst = 1f64;
+            for (i, got) in emb.embed_texts(&texts).unwrap().iter().enumerate() {
+                let c = cosine(got, &fx.vec(&format!("text.{i}.embeds")));
+                worst = worst.min(c);
+                assert!(c >= 0.999, "{} {dtype:?} text {i}: cosine {c}", fx.name());
+            }
+            for ((name, _, _), got) in fx.images.iter().zip(emb.embed_images(&imgs).unwrap()) {
+                let c = cosine(&got, &fx.vec(&format!("image.{name}.embeds")));
+                worst = worst.min(c);
+                assert!(c >= 0.999, "{} {dtype:?} image {name}: cosine {c}", fx.name());
+            }
+            eprintln!("{} {dtype:?}: worst cosine vs f32 reference {worst:.6}", fx.name());
+        }
+    }
+}
+
+#[test]
+fn embedder_reports_its_geometry() {
+    for dir in fixture_dirs() {
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let emb = ClipEmbedder::load(&dir, DType::F32).unwrap();
+        assert_eq!(emb.dim() as u64, cfg["projection_dim"].as_u64().unwrap());
+        assert!(emb.embed_texts(&[]).unwrap().is_empty());
+        assert!(emb.embed_images(&[]).unwrap().is_empty());
+        let (ids, _) = emb.encode_batch(&["a"]).unwrap();
+        assert_eq!(ids.dims(), &[1, 3]);
+    }
+}
