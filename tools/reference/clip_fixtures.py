@@ -340,7 +340,32 @@ def make_full_size(out_dir, arch, dtype=torch.float32, seed=0):
         "image_mean": OPENAI_CLIP_MEAN, "image_std": OPENAI_CLIP_STD, "resample": 3, "size": 224,
     }
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    write_full_size_reference(out)
     return out
+
+
+def write_full_size_reference(out: Path):
+    """capmatch_reference.json: transformers' f32 embeddings of two texts and two real images,
+    so that a full-size run can be checked (crates/capmatch-core/tests/clip_parity.rs,
+    `full_size_checkpoint`, ignored by default)."""
+    model = CLIPModel.from_pretrained(out, dtype=torch.float32).eval()
+    tok = CLIPTokenizer.from_pretrained(out)
+    proc = CLIPImageProcessorPil.from_pretrained(out)
+    texts = ["a photo of a lemon", "a cartoon of grapes on a white background"]
+    images = ["fixtures/images/real/cartoon_lemon.png", "fixtures/images/real/photo_grapes.png"]
+    with torch.no_grad():
+        t = model.get_text_features(**tok(texts, padding=True, truncation=True, return_tensors="pt"))
+        t = getattr(t, "pooler_output", t)
+        px = proc(images=[composite_over_white(ROOT / p) for p in images], return_tensors="pt")["pixel_values"]
+        i = model.get_image_features(pixel_values=px)
+        i = getattr(i, "pooler_output", i)
+    ref = {
+        "texts": texts,
+        "images": images,
+        "text_embeds": (t / t.norm(dim=-1, keepdim=True)).tolist(),
+        "image_embeds": (i / i.norm(dim=-1, keepdim=True)).tolist(),
+    }
+    (out / "capmatch_reference.json").write_text(json.dumps(ref) + "\n")
 
 
 ARCHS = {arch: (lambda out_dir, arch=arch: make_full_size(out_dir, arch)) for arch in FULL_SIZE}  # arch -> fn(out_dir)

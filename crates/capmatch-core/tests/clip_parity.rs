@@ -254,3 +254,43 @@ fn embedder_reports_its_geometry() {
         assert_eq!(ids.dims(), &[1, 3]);
     }
 }
+
+/// A full-size random checkpoint (not committed):
+///   python3 tools/reference/make_random_checkpoint.py clip-vit-base-patch32 /tmp/clip-b32
+///   CAPMATCH_CLIP_FULL_DIR=/tmp/clip-b32 cargo test --release -p capmatch-core --test clip_parity -- --ignored
+#[test]
+#[ignore = "needs CAPMATCH_CLIP_FULL_DIR (a checkpoint made by make_random_checkpoint.py)"]
+fn full_size_checkpoint() {
+    let dir = PathBuf::from(std::env::var("CAPMATCH_CLIP_FULL_DIR").expect("set CAPMATCH_CLIP_FULL_DIR"));
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("capmatch_reference.json")).unwrap()).unwrap();
+    let rows = |key: &str| -> Vec<Vec<f32>> {
+        reference[key].as_array().unwrap().iter()
+            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+            .collect()
+    };
+    let texts: Vec<String> = reference["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().into()).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let images: Vec<RgbImage> = reference["images"].as_array().unwrap().iter()
+        .map(|p| decode_file(&repo_root().join(p.as_str().unwrap()), &DecodeLimits::default()).unwrap())
+        .collect();
+    for dtype in [DType::F32, DType::BF16] {
+        let t0 = std::time::Instant::now();
+        let emb = ClipEmbedder::load(&dir, dtype).unwrap();
+        let load = t0.elapsed();
+        let t0 = std::time::Instant::now();
+        let got_i = emb.embed_images(&images).unwrap();
+        let t_img = t0.elapsed();
+        let t0 = std::time::Instant::now();
+        let got_t = emb.embed_texts(&texts).unwrap();
+        let t_txt = t0.elapsed();
+        eprintln!("{dtype:?}: load {load:?}, {} images {t_img:?}, {} texts {t_txt:?}", images.len(), texts.len());
+        let (min_cos, max_abs) = if dtype == DType::F32 { (0.99999, 1e-4) } else { (0.99, 1.0) };
+        for (got, want) in got_i.iter().zip(rows("image_embeds")).chain(got_t.iter().zip(rows("text_embeds"))) {
+            assert_eq!(got.len(), emb.dim());
+            let (c, d) = (cosine(got, &want), max_abs_diff(got, &want));
+            eprintln!("  cosine {c:.7}, max abs {d:.2e}");
+            assert!(c >= min_cos && d <= max_abs, "{dtype:?}: cosine {c}, max abs {d:e}");
+        }
+    }
+}
