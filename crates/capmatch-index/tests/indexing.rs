@@ -1,0 +1,422 @@
+//! The indexing job on real files in a temporary folder, with deterministic fake models.
+
+mod common;
+
+use std::path::Path;
+
+use capmatch_core::image_io::DecodeLimits;
+use capmatch_index::store::StoreError;
+use capmatch_index::{index_folders, Gallery, IndexOptions, IndexReport, NoObserver, SqliteStore, Store};
+use common::*;
+
+fn options(root: &Path) -> IndexOptions {
+    let mut o = IndexOptions::new(vec![root.to_path_buf()]);
+    o.batch_size = 2;
+    o
+}
+
+fn run(db: &Path, opts: &IndexOptions, models: &mut FakeModels) -> anyhow::Result<IndexReport> {
+    let mut store = SqliteStore::open(db)?;
+    index_folders(&mut store, models, opts, &NoObserver)
+}
+
+fn indexed_paths(db: &Path) -> Vec<String> {
+    let store = SqliteStore::open_read_only(db).unwrap();
+    let g = Gallery::load(&store, None).unwrap();
+    (0..g.len()).map(|i| g.path(i).to_owned()).collect()
+}
+
+fn canon(p: &Path) -> String {
+    p.canonicalize().unwrap().to_str().unwrap().to_owned()
+}
+
+#[test]
+fn first_run_indexes_everything_and_second_run_does_no_model_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("photos");
+    let files = copy_real_images(&gallery);
+    std::fs::write(gallery.join("README.txt"), "not an image candidate").unwrap();
+    let db = tmp.path().join("index.db");
+
+    let mut models = FakeModels::new();
+    let report = run(&db, &options(&gallery), &mut models).unwrap();
+    assert_eq!(report.candidates, 6);
+    assert_eq!(report.indexed, 6);
+    assert_eq!(report.skipped, 0);
+    assert_eq!(models.images_seen, 6);
+    assert_eq!(models.image_calls, 3, "six images in batches of two");
+
+    let mut again = FakeModels::new();
+    let report = run(&db, &options(&gallery), &mut again).unwrap();
+    assert_eq!(again.model_calls(), 0, "second run must not call the models");
+    assert_eq!((report.indexed, report.unchanged, report.reused, report.skipped), (0, 6, 0, 0));
+
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.files, 6);
+    assert_eq!(summary.images, 6);
+    assert_eq!(summary.dim, Some(DIM));
+    assert_eq!(summary.domains.len(), 1);
+    assert_eq!(summary.domains[0].domain, "photos", "default domain is the folder's name");
+    assert_eq!(summary.models, Some(FakeModels::new().identity_for_test()));
+    let expected: Vec<String> = files.iter().map(|f| canon(f)).collect();
+    assert_eq!(indexed_paths(&db), expected);
+
+    // Stored vectors and captions are exactly what the models produced.
+    let g = Gallery::load(&store, None).unwrap();
+    for (i, f) in files.iter().enumerate() {
+        let img = capmatch_core::image_io::decode_file(f, &DecodeLimits::default()).unwrap();
+        assert_eq!(g.captions(i), fake_captions(&img, false).as_slice());
+        let want = fake_image_embedding(&img);
+        for (a, b) in g.image_embedding(i).iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
+}
+
+trait IdentityForTest {
+    fn identity_for_test(&self) -> capmatch_index::ModelIdentity;
+}
+impl IdentityForTest for FakeModels {
+    fn identity_for_test(&self) -> capmatch_index::ModelIdentity {
+        capmatch_index::GalleryModels::identity(self)
+    }
+}
+
+#[test]
+fn changed_file_is_reindexed_and_moved_file_reuses_vectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("g");
+    let files = copy_real_images(&gallery);
+    let db = tmp.path().join("index.db");
+    run(&db, &options(&gallery), &mut FakeModels::new()).unwrap();
+
+    // Change one file's content (a red square in place of a lemon).
+    write_solid_png(&files[0], 40, 30, [250, 10, 10]);
+    // Rename another.
+    let moved = gallery.join("sub").join("renamed.png");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::rename(&files[1], &moved).unwrap();
+
+    let mut models = FakeModels::new();
+    let report = run(&db, &options(&gallery), &mut models).unwrap();
+    assert_eq!(report.indexed, 1, "{report:?}");
+    assert_eq!(report.reused, 1, "{report:?}");
+    assert_eq!(report.unchanged, 4, "{report:?}");
+    assert_eq!(models.images_seen, 1, "only the changed file goes through the models");
+
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let g = Gallery::load(&store, None).unwrap();
+    let i = (0..g.len()).find(|&i| g.path(i) == canon(&files[0])).unwrap();
+    assert_eq!(g.captions(i), ["a picture of something red".to_string()]);
+    // Without --prune the old path of the moved file is still remembered.
+    assert_eq!(g.len(), 7);
+    drop(store);
+
+    let mut opts = options(&gallery);
+    opts.prune = true;
+    let mut models = FakeModels::new();
+    let report = run(&db, &opts, &mut models).unwrap();
+    assert_eq!(report.pruned, 1);
+    assert_eq!(models.model_calls(), 0);
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.files, 6);
+    assert_eq!(summary.images, 6, "the changed file's old vectors are collected by prune");
+    let old_path = Path::new(&canon(&gallery)).join(files[1].file_name().unwrap()).to_str().unwrap().to_owned();
+    assert!(!indexed_paths(&db).contains(&old_path));
+    assert!(indexed_paths(&db).contains(&canon(&moved)));
+}
+
+#[test]
+fn prune_forgets_deleted_and_skipped_files_but_not_other_roots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    let files_a = copy_real_images(&a);
+    std::fs::create_dir_all(&b).unwrap();
+    write_solid_png(&b.join("blue.png"), 10, 10, [0, 0, 250]);
+    std::fs::write(b.join("broken.png"), b"garbage").unwrap();
+    let db = tmp.path().join("index.db");
+    run(&db, &options(&a), &mut FakeModels::new()).unwrap();
+    run(&db, &options(&b), &mut FakeModels::new()).unwrap();
+
+    std::fs::remove_file(&files_a[2]).unwrap();
+    std::fs::remove_file(b.join("broken.png")).unwrap();
+    let mut opts = options(&b);
+    opts.prune = true;
+    let report = run(&db, &opts, &mut FakeModels::new()).unwrap();
+    assert_eq!(report.pruned, 2, "a's deleted file and b's deleted skipped file");
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.files, 6, "a's five remaining files are kept though a was not walked");
+    assert!(summary.skipped.is_empty());
+    let deleted = Path::new(&canon(&a)).join(files_a[2].file_name().unwrap()).to_str().unwrap().to_owned();
+    assert!(!indexed_paths(&db).contains(&deleted));
+}
+
+#[test]
+fn models_of_another_identity_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("g");
+    copy_real_images(&gallery);
+    let db = tmp.path().join("index.db");
+    run(&db, &options(&gallery), &mut FakeModels::new()).unwrap();
+
+    let mut other = FakeModels::new();
+    other.name = "another-clip".into();
+    let err = run(&db, &options(&gallery), &mut other).unwrap_err();
+    let store_err = err.downcast_ref::<StoreError>().expect("a StoreError");
+    assert!(matches!(store_err, StoreError::ModelMismatch { .. }), "{err:#}");
+    let message = format!("{err:#}");
+    assert!(message.contains("fake-clip") && message.contains("another-clip"), "{message}");
+    assert_eq!(other.model_calls(), 0);
+
+    let mut other_prompt = FakeModels::new();
+    other_prompt.prompt = "a drawing of".into();
+    let err = run(&db, &options(&gallery), &mut other_prompt).unwrap_err();
+    assert!(format!("{err:#}").contains("refusing to mix"), "{err:#}");
+
+    // The index is intact and still usable with the original models.
+    let report = run(&db, &options(&gallery), &mut FakeModels::new()).unwrap();
+    assert_eq!(report.unchanged, 6);
+}
+
+#[test]
+fn bad_inputs_are_skipped_with_reasons_and_the_run_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("g");
+    let files = copy_real_images(&gallery);
+    let good = std::fs::read(&files[0]).unwrap();
+    std::fs::write(gallery.join("zero.png"), b"").unwrap();
+    std::fs::write(gallery.join("truncated.png"), &good[..good.len() / 3]).unwrap();
+    let mut corrupt = good.clone();
+    for b in corrupt.iter_mut().skip(40).take(2000) {
+        *b = b.wrapping_mul(31).wrapping_add(7);
+    }
+    std::fs::write(gallery.join("corrupt.png"), &corrupt).unwrap();
+    std::fs::write(gallery.join("notes.jpg"), "this is a text file with an image's name\n").unwrap();
+    write_solid_png(&gallery.join("huge.png"), 600, 400, [1, 2, 3]);
+    std::fs::write(gallery.join("bomb.png"), png_header_claiming(100_000, 100_000)).unwrap();
+    let db = tmp.path().join("index.db");
+
+    let mut opts = options(&gallery);
+    // 600×400 = 240 000 pixels is over this limit; every real fixture (at most 376×379) is under.
+    opts.limits = DecodeLimits { max_pixels: 200_000, ..Default::default() };
+    let mut models = FakeModels::new();
+    let report = run(&db, &opts, &mut models).unwrap();
+    assert_eq!(report.indexed, 6, "{report:?}");
+    assert_eq!(report.skipped, 6, "{report:?}");
+    assert_eq!(models.images_seen, 6, "bad files never reach the models");
+
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.files, 6);
+    let reason = |name: &str| {
+        summary
+            .skipped
+            .iter()
+            .find(|s| s.path.ends_with(name))
+            .unwrap_or_else(|| panic!("{name} not recorded: {:?}", summary.skipped))
+            .reason
+            .clone()
+    };
+    assert!(reason("zero.png").contains("empty"), "{}", reason("zero.png"));
+    assert!(!reason("truncated.png").is_empty());
+    assert!(!reason("corrupt.png").is_empty());
+    assert!(reason("notes.jpg").contains("not a supported image format"), "{}", reason("notes.jpg"));
+    assert!(reason("huge.png").contains("exceeds the limit"), "{}", reason("huge.png"));
+    assert!(reason("bomb.png").contains("100000x100000"), "{}", reason("bomb.png"));
+    drop(store);
+
+    // A fixed file leaves the skipped list on the next run.
+    std::fs::write(gallery.join("zero.png"), &good).unwrap();
+    let report = run(&db, &opts, &mut FakeModels::new()).unwrap();
+    assert_eq!(report.reused, 1, "zero.png now has the bytes of an indexed file: {report:?}");
+    assert_eq!(report.skipped, 5);
+    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    assert_eq!(summary.files, 7);
+    assert_eq!(summary.skipped.len(), 5);
+}
+
+#[test]
+fn unreadable_file_is_recorded() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("g");
+    let files = copy_real_images(&gallery);
+    std::fs::set_permissions(&files[3], std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::read(&files[3]).is_ok() {
+        eprintln!("running as root: permissions do not make a file unreadable; nothing to test");
+        return;
+    }
+    let db = tmp.path().join("index.db");
+    let report = run(&db, &options(&gallery), &mut FakeModels::new()).unwrap();
+    assert_eq!((report.indexed, report.skipped), (5, 1));
+    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    assert!(summary.skipped[0].reason.contains("cannot read"), "{:?}", summary.skipped);
+}
+
+#[test]
+fn a_failing_batch_leaves_no_half_written_records_and_a_rerun_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("g");
+    copy_real_images(&gallery);
+    let db = tmp.path().join("index.db");
+
+    let mut failing = FakeModels::new();
+    failing.fail_from_call = Some(3); // batches 1 and 2 succeed, batch 3 (and its retries) fail
+    let err = run(&db, &options(&gallery), &mut failing).unwrap_err();
+    assert!(format!("{err:#}").contains("simulated model failure"), "{err:#}");
+
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.files, 4, "the two committed batches, nothing of the third");
+    assert_eq!(summary.images, 4);
+    assert!(summary.skipped.is_empty(), "a broken model is not the images' fault");
+    let g = Gallery::load(&store, None).unwrap();
+    assert_eq!(g.len(), 4, "every committed file has its vectors");
+    drop(store);
+
+    let mut models = FakeModels::new();
+    let report = run(&db, &options(&gallery), &mut models).unwrap();
+    assert_eq!((report.indexed, report.unchanged), (2, 4));
+    assert_eq!(models.images_seen, 2);
+    let paths = indexed_paths(&db);
+    assert_eq!(paths.len(), 6);
+    let mut dedup = paths.clone();
+    dedup.dedup();
+    assert_eq!(dedup, paths);
+}
+
+#[test]
+fn a_poisonous_image_is_skipped_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("g");
+    copy_real_images(&gallery);
+    write_solid_png(&gallery.join("poison.png"), 7, 7, [0, 200, 0]);
+    let db = tmp.path().join("index.db");
+    let mut models = FakeModels::new();
+    models.poison_width = Some(7);
+    let mut opts = options(&gallery);
+    opts.batch_size = 4;
+    let report = run(&db, &opts, &mut models).unwrap();
+    assert_eq!((report.indexed, report.skipped), (6, 1), "{report:?}");
+    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    assert_eq!(summary.skipped.len(), 1);
+    assert!(summary.skipped[0].path.ends_with("poison.png"));
+    assert!(summary.skipped[0].reason.contains("model error"), "{:?}", summary.skipped);
+}
+
+#[test]
+fn identical_files_are_computed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("g");
+    let files = copy_real_images(&gallery);
+    std::fs::copy(&files[0], gallery.join("copy1.png")).unwrap();
+    std::fs::copy(&files[0], gallery.join("copy2.png")).unwrap();
+    let db = tmp.path().join("index.db");
+    let mut models = FakeModels::new();
+    let report = run(&db, &options(&gallery), &mut models).unwrap();
+    assert_eq!(report.indexed, 8);
+    assert_eq!(models.images_seen, 6);
+    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    assert_eq!((summary.files, summary.images), (8, 6));
+}
+
+#[test]
+fn symlink_loops_are_not_followed_twice_and_domains_follow_roots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cartoons = tmp.path().join("cartoons");
+    let photos = tmp.path().join("photos");
+    copy_real_images(&cartoons);
+    std::fs::create_dir_all(photos.join("nested")).unwrap();
+    write_solid_png(&photos.join("nested/yellow.png"), 12, 12, [250, 250, 0]);
+    std::os::unix::fs::symlink(&photos, photos.join("nested/loop")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("missing.png"), photos.join("dangling.png")).unwrap();
+    let db = tmp.path().join("index.db");
+
+    let opts = IndexOptions { batch_size: 3, ..IndexOptions::new(vec![cartoons.clone(), photos.clone()]) };
+    let report = run(&db, &opts, &mut FakeModels::new()).unwrap();
+    assert_eq!(report.indexed, 7, "{report:?}");
+    assert!(report.walk_problems >= 2, "loop and dangling link are reported: {report:?}");
+    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    let counts: Vec<(String, u64)> = summary.domains.iter().map(|d| (d.domain.clone(), d.files)).collect();
+    assert_eq!(counts, vec![("cartoons".into(), 6), ("photos".into(), 1)]);
+
+    // --domain overrides, and re-tags without model work.
+    let opts = IndexOptions { domain: Some("mixed".into()), ..opts };
+    let mut models = FakeModels::new();
+    run(&db, &opts, &mut models).unwrap();
+    assert_eq!(models.model_calls(), 0);
+    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    assert_eq!(summary.domains.len(), 1);
+    assert_eq!(summary.domains[0].domain, "mixed");
+    assert_eq!(summary.domains[0].files, 7);
+}
+
+#[test]
+fn several_captions_are_all_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("g");
+    copy_real_images(&gallery);
+    let db = tmp.path().join("index.db");
+    let mut models = FakeModels::new();
+    models.two_captions = true;
+    run(&db, &options(&gallery), &mut models).unwrap();
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    let summary = store.summary().unwrap();
+    assert_eq!(summary.domains[0].captions, 12);
+    let g = Gallery::load(&store, None).unwrap();
+    assert!((0..g.len()).all(|i| g.captions(i).len() == 2));
+}
+
+#[test]
+fn a_missing_root_is_an_error_and_foreign_databases_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("index.db");
+    let err = run(&db, &options(&tmp.path().join("nope")), &mut FakeModels::new()).unwrap_err();
+    assert!(format!("{err:#}").contains("nope"), "{err:#}");
+
+    let foreign = tmp.path().join("foreign.db");
+    {
+        let conn = rusqlite::Connection::open(&foreign).unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+    }
+    assert!(matches!(SqliteStore::open(&foreign), Err(StoreError::NotAnIndex(_))));
+    let text = tmp.path().join("text.db");
+    std::fs::write(&text, "hello, this is not sqlite at all, not even close to a header").unwrap();
+    assert!(SqliteStore::open(&text).is_err());
+    assert!(matches!(SqliteStore::open_read_only(&tmp.path().join("absent.db")), Err(StoreError::Missing(_))));
+}
+
+/// A decompression bomb: a valid PNG signature and IHDR announcing `w`×`h` RGB pixels, and a
+/// tiny IDAT. Nothing may be allocated for the announced size.
+fn png_header_claiming(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
