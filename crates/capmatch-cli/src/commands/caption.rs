@@ -1,7 +1,49 @@
-//! `capmatch caption` (being written).
+//! `capmatch caption`: BLIP / BLIP-2 captions of images, in input order.
 
+use capmatch_core::captioner::CaptionOptions;
+use serde::Serialize;
+
+use super::embed::truncate;
+use super::models::{decode_all, load_captioner};
 use crate::CaptionArgs;
 
-pub fn run(_args: CaptionArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`capmatch caption` is not implemented yet")
+/// Images go through the captioner in slices of this size, bounding memory.
+const BATCH: usize = 8;
+
+#[derive(Serialize)]
+struct Captioned {
+    image: String,
+    caption: String,
+}
+
+pub fn run(args: CaptionArgs) -> anyhow::Result<()> {
+    if args.beams == Some(0) {
+        anyhow::bail!("--beams must be at least 1");
+    }
+    let images = decode_all(&args.images)?;
+    let model = load_captioner(&args.captioner, args.dtype)?;
+    let options = CaptionOptions {
+        prompt: args.prompt.clone(),
+        max_new_tokens: args.max_new_tokens,
+        min_new_tokens: args.min_new_tokens,
+        num_beams: args.beams,
+    };
+
+    let mut rows = Vec::with_capacity(images.len());
+    for (paths, batch) in args.images.chunks(BATCH).zip(images.chunks(BATCH)) {
+        for (path, caption) in paths.iter().zip(model.caption(batch, &options)?) {
+            rows.push(Captioned { image: path.display().to_string(), caption: caption.text });
+        }
+    }
+
+    if args.json {
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        let width = rows.iter().map(|r| r.image.chars().count()).max().unwrap_or(5).clamp(5, 60);
+        println!("{:<width$}  caption", "image");
+        for row in &rows {
+            println!("{:<width$}  {}", truncate(&row.image, width), row.caption);
+        }
+    }
+    Ok(())
 }

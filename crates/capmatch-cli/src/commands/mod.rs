@@ -5,6 +5,7 @@ pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod info;
+pub mod models;
 pub mod search;
 
 /// Logs go to stderr; `RUST_LOG` overrides the default `warn` level for dependencies.

@@ -1,0 +1,119 @@
+//! From command-line flags to models: `--clip` / `--captioner` name either a local
+//! checkpoint directory or a hub id, resolved through the Hugging Face cache by
+//! `capmatch_core::hub`. Also the real [`GalleryModels`] the indexer drives.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use capmatch_core::captioner::{CaptionOptions, Captioner};
+use capmatch_core::embedder::ClipEmbedder;
+use capmatch_core::hub::{self, ModelKind, ResolvedModel};
+use capmatch_core::image_io::{decode_file, DecodeLimits};
+use capmatch_core::RgbImage;
+use capmatch_index::{GalleryModels, ModelIdentity};
+
+use crate::{CaptionerArg, ClipArg, Dtype};
+
+/// A checkpoint found on disk (or in the cache), not loaded yet, with its config hash.
+pub struct Checkpoint {
+    pub spec: String,
+    pub dir: PathBuf,
+    pub config_hash: String,
+}
+
+impl Checkpoint {
+    pub fn resolve(spec: &str, kind: ModelKind) -> anyhow::Result<Self> {
+        let ResolvedModel { dir, .. } = hub::resolve_model(spec, kind)?;
+        let config_hash = hub::config_fingerprint(&dir)?;
+        Ok(Self { spec: spec.to_string(), dir, config_hash })
+    }
+}
+
+pub fn load_clip(arg: &ClipArg, dtype: Dtype) -> anyhow::Result<ClipEmbedder> {
+    let checkpoint = Checkpoint::resolve(&arg.clip, ModelKind::Clip)?;
+    load_clip_from(&checkpoint.dir, dtype)
+}
+
+pub fn load_captioner(arg: &CaptionerArg, dtype: Dtype) -> anyhow::Result<Captioner> {
+    let checkpoint = Checkpoint::resolve(&arg.captioner, ModelKind::Captioner)?;
+    load_captioner_from(&checkpoint.dir, dtype)
+}
+
+fn load_clip_from(dir: &Path, dtype: Dtype) -> anyhow::Result<ClipEmbedder> {
+    ClipEmbedder::load(dir, dtype.candle()).with_context(|| format!("cannot load the CLIP model in {}", dir.display()))
+}
+
+fn load_captioner_from(dir: &Path, dtype: Dtype) -> anyhow::Result<Captioner> {
+    Captioner::load(dir, dtype.candle()).with_context(|| format!("cannot load the captioner in {}", dir.display()))
+}
+
+/// Decodes every image up front, so that a bad file fails the command before any model
+/// is loaded; the error names the file.
+pub fn decode_all(paths: &[PathBuf]) -> anyhow::Result<Vec<RgbImage>> {
+    let limits = DecodeLimits::default();
+    paths
+        .iter()
+        .map(|path| decode_file(path, &limits).with_context(|| format!("cannot read image {}", path.display())))
+        .collect()
+}
+
+/// The real models behind the indexer: BLIP/BLIP-2 captions, CLIP text and image towers.
+///
+/// The checkpoints are resolved (and their identity known) at once, but loaded only when
+/// the first batch needs them: re-running `index` on an indexed folder does no model work,
+/// not even loading.
+pub struct LazyGalleryModels {
+    clip: Checkpoint,
+    captioner: Checkpoint,
+    dtype: Dtype,
+    options: CaptionOptions,
+    loaded: Option<(ClipEmbedder, Captioner)>,
+}
+
+impl LazyGalleryModels {
+    pub fn new(clip: &ClipArg, captioner: &CaptionerArg, prompt: &str, dtype: Dtype) -> anyhow::Result<Self> {
+        Ok(Self {
+            clip: Checkpoint::resolve(&clip.clip, ModelKind::Clip)?,
+            captioner: Checkpoint::resolve(&captioner.captioner, ModelKind::Captioner)?,
+            dtype,
+            options: CaptionOptions { prompt: prompt.to_string(), ..CaptionOptions::default() },
+            loaded: None,
+        })
+    }
+
+    fn models(&mut self) -> anyhow::Result<&(ClipEmbedder, Captioner)> {
+        if self.loaded.is_none() {
+            tracing::info!("loading {} and {}", self.clip.spec, self.captioner.spec);
+            let clip = load_clip_from(&self.clip.dir, self.dtype)?;
+            let captioner = load_captioner_from(&self.captioner.dir, self.dtype)?;
+            self.loaded = Some((clip, captioner));
+        }
+        Ok(self.loaded.as_ref().expect("just loaded"))
+    }
+}
+
+impl GalleryModels for LazyGalleryModels {
+    fn identity(&self) -> ModelIdentity {
+        ModelIdentity {
+            clip: self.clip.spec.clone(),
+            clip_config: self.clip.config_hash.clone(),
+            captioner: self.captioner.spec.clone(),
+            captioner_config: self.captioner.config_hash.clone(),
+            prompt: self.options.prompt.clone(),
+        }
+    }
+
+    fn caption(&mut self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<String>>> {
+        let options = self.options.clone();
+        let (_, captioner) = self.models()?;
+        Ok(captioner.caption(images, &options)?.into_iter().map(|caption| vec![caption.text]).collect())
+    }
+
+    fn embed_texts(&mut self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.models()?.0.embed_texts(texts)
+    }
+
+    fn embed_images(&mut self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.models()?.0.embed_images(images)
+    }
+}
