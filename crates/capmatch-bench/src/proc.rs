@@ -91,7 +91,6 @@ pub struct Round {
     pub items: f64,
     /// CPU seconds of the worker during the round divided by its wall time.
     pub cpu_util: Option<f64>,
-    pub hwm_kb: Option<u64>,
 }
 
 impl Worker {
@@ -150,7 +149,7 @@ impl Worker {
             (Some(a), Some(b)) if secs > 0.0 => Some((b - a) / secs),
             _ => None,
         };
-        Ok(Round { secs, items, cpu_util, hwm_kb: v["hwm_kb"].as_u64() })
+        Ok(Round { secs, items, cpu_util })
     }
 
     /// Closes stdin, waits for the exit and returns the peak RSS (KiB) from `wait4`.
