@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+from transformers import BlipImageProcessorPil, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "fixtures" / "clip"
@@ -273,6 +273,16 @@ def build_tiny(name: str, spec: dict):
             meta["images"].append({"name": key, "path": rel, "kind": kind,
                                    "repo_relative": kind == "resampled"})
 
+        # The BlipImageProcessor form of the same preprocessing code: {height, width} (not
+        # square), no crop, on the real images (shared with the BLIP engineer's processor).
+        blip = BlipImageProcessorPil(size={"height": 40, "width": 56})
+        blip_dict = blip.to_dict()
+        meta["blip_processor"] = json.loads(blip.to_json_string())
+        for key, (rel, kind, im) in images.items():
+            px = blip(images=im, return_tensors="pt")["pixel_values"]
+            tensors[f"blip_image.{key}.pixel_values"] = px[0].float().contiguous()
+        assert blip_dict["image_processor_type"] == "BlipImageProcessor"
+
     save_file({k: v.contiguous() for k, v in tensors.items()}, out / "reference.safetensors")
     (out / "reference.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -371,8 +381,26 @@ def write_full_size_reference(out: Path):
 ARCHS = {arch: (lambda out_dir, arch=arch: make_full_size(out_dir, arch)) for arch in FULL_SIZE}  # arch -> fn(out_dir)
 
 
+def build_resample_cases(n=40, seed=99):
+    """fixtures/clip/resample.safetensors: Pillow's resize of random-noise images between random
+    sizes (up- and downscales, both pass orders), every convolution filter; checks
+    preprocess.rs `resize_rgb` bit for bit."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(n):
+        iw, ih, ow, oh = (int(v) for v in rng.integers(3, 48, 4))
+        resample = 3 if i < n // 2 else int(rng.choice([1, 2, 3, 4, 5]))
+        src = rng.integers(0, 256, size=(ih, iw, 3)).astype(np.uint8)
+        out = np.asarray(Image.fromarray(src, "RGB").resize((ow, oh), resample=resample))
+        tensors[f"case{i}.src"] = torch.from_numpy(src.copy())
+        tensors[f"case{i}.out"] = torch.from_numpy(out.copy())
+        tensors[f"case{i}.resample"] = torch.tensor([resample], dtype=torch.int64)
+    save_file(tensors, OUT / "resample.safetensors")
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    build_resample_cases()
     for name, spec in TINY.items():
         build_tiny(name, spec)
 

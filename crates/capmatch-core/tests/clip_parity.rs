@@ -294,3 +294,50 @@ fn full_size_checkpoint() {
         }
     }
 }
+
+#[test]
+fn blip_image_processor_form_matches_transformers() {
+    // BlipImageProcessor semantics: {height, width} (here 40x56, not square), no crop.
+    let mut checked = 0;
+    for dir in fixture_dirs() {
+        let fx = Fixture::load(&dir);
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let proc = ImageProcessor::from_config(&meta["blip_processor"]).unwrap();
+        assert_eq!(proc.center_crop, None);
+        let imgs: Vec<RgbImage> = fx.images.iter().map(|(_, _, i)| i.clone()).collect();
+        let batch = proc.batch(&imgs, &Device::Cpu).unwrap();
+        assert_eq!(batch.dims(), &[imgs.len(), 3, 40, 56]);
+        for (k, (name, _, _)) in fx.images.iter().enumerate() {
+            let got: Vec<f32> = batch.get(k).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let d = max_abs_diff(&got, &fx.vec(&format!("blip_image.{name}.pixel_values")));
+            assert!(d <= 1e-4, "{} {name}: BLIP-form pixel max abs diff {d:e}", fx.name());
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
+
+#[test]
+fn resize_is_bit_identical_to_pillow_for_random_sizes_and_filters() {
+    use capmatch_core::preprocess::{resize_rgb, Resample};
+    let path = repo_root().join("fixtures/clip/resample.safetensors");
+    let t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let mut cases = 0;
+    let mut orders = (0, 0);
+    while let Some(src) = t.get(&format!("case{cases}.src")) {
+        let out = &t[&format!("case{cases}.out")];
+        let code = t[&format!("case{cases}.resample")].to_vec1::<i64>().unwrap()[0];
+        let (ih, iw, _) = src.dims3().unwrap();
+        let (oh, ow, _) = out.dims3().unwrap();
+        let img = RgbImage::from_raw(iw as u32, ih as u32, src.flatten_all().unwrap().to_vec1::<u8>().unwrap()).unwrap();
+        let got = resize_rgb(&img, ow as u32, oh as u32, Resample::from_pil(code as u64).unwrap()).unwrap();
+        let want: Vec<u8> = out.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got.as_raw(), &want, "case {cases}: {iw}x{ih} -> {ow}x{oh}, resample {code}");
+        // Both of Pillow's pass orders occur among the cases.
+        let (dy, dx) = (ih as i64 - oh as i64, iw as i64 - ow as i64);
+        if dy > 0 && dy > 2 * dx && dx != 0 { orders.1 += 1 } else if dx != 0 && dy != 0 { orders.0 += 1 }
+        cases += 1;
+    }
+    assert!(cases >= 20 && orders.0 > 0 && orders.1 > 0, "{cases} cases, pass orders {orders:?}");
+}
