@@ -26,8 +26,12 @@ use fast_image_resize as fr;
 use image::RgbImage;
 use serde_json::Value;
 
-pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+/// transformers' `OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`, written as transformers writes them
+/// (numpy turns them into these f32 values too).
+#[allow(clippy::excessive_precision)]
+pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
+pub const OPENAI_CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {

@@ -5,8 +5,8 @@
 //! `config.json` (activation, layer-norm eps, sizes), tensor names are the checkpoint's own.
 //!
 //! The two entry points mirror transformers:
-//! - [`ClipModel::get_image_features`]: `visual_projection(post_layernorm(vision(x)[:, 0]))`
-//! - [`ClipModel::get_text_features`]: `text_projection(final_layer_norm(text(ids))[eos])`
+//! - [`ClipModel::get_image_features`] is `visual_projection(post_layernorm(vision(x)[:, 0]))`;
+//! - [`ClipModel::get_text_features`] is `text_projection(final_layer_norm(text(ids))[eos])`.
 //!
 //! Both return un-normalised projections in the model's dtype; L2-normalise them for cosine
 //! similarity. Attention scores, the mask and the softmax are computed in f32 whatever the
