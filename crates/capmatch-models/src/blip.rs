@@ -16,7 +16,7 @@
 //! `text_decoder.cls.…`).
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::generation::{StepDecoder, TokenIds};
@@ -251,7 +251,11 @@ impl VisionLayer {
 /// `BlipVisionModel`: pixels `(b, 3, H, W)` → `last_hidden_state` `(b, 1 + patches, hidden)`.
 pub struct BlipVisionModel {
     class_embedding: Tensor,
-    patch_embedding: Conv2d,
+    /// The patch `Conv2d` (kernel = stride = patch) as a linear map over flattened
+    /// `(channel, row, column)` patches: `(hidden, 3·p·p)` weight and bias.
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    patch: usize,
     position_embedding: Tensor,
     layers: Vec<VisionLayer>,
     post_layernorm: LayerNorm,
@@ -269,10 +273,12 @@ impl BlipVisionModel {
         }
         let num_positions = (ih / ph) * (iw / pw) + 1;
         let emb = vb.pp("embeddings");
-        let conv_cfg = Conv2dConfig { stride: ph, ..Default::default() };
+        let pe = emb.pp("patch_embedding");
         Ok(Self {
             class_embedding: emb.get((1, 1, h), "class_embedding")?,
-            patch_embedding: candle_nn::conv2d(3, h, ph, conv_cfg, emb.pp("patch_embedding"))?,
+            patch_weight: pe.get((h, 3, ph, pw), "weight")?.reshape((h, 3 * ph * pw))?,
+            patch_bias: pe.get(h, "bias")?,
+            patch: ph,
             position_embedding: emb.get((1, num_positions, h), "position_embedding")?,
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| VisionLayer::load(cfg, vb.pp(format!("encoder.layers.{i}"))))
@@ -298,8 +304,17 @@ impl BlipVisionModel {
             candle_core::bail!("pixel values are {h}x{w}, the model expects {ih}x{iw} (position interpolation is not supported)");
         }
         let dtype = self.dtype();
-        let patches = self.patch_embedding.forward(&pixel_values.to_dtype(dtype)?)?; // (b, hidden, gh, gw)
-        let patches = patches.flatten_from(2)?.transpose(1, 2)?; // (b, n, hidden)
+        // Conv2d with kernel = stride = p, as a matmul over the unfolded patches (the CPU
+        // conv2d of candle has no bf16 kernel, and the matmul is faster anyway).
+        let p = self.patch;
+        let (gh, gw) = (h / p, w / p);
+        let patches = pixel_values
+            .to_dtype(dtype)?
+            .reshape((b, 3, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, gh * gw, 3 * p * p))?;
+        let patches = patches.broadcast_matmul(&self.patch_weight.t()?)?.broadcast_add(&self.patch_bias)?; // (b, n, hidden)
         let class = self.class_embedding.broadcast_as((b, 1, self.config.hidden_size))?;
         let mut xs = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
         for layer in &self.layers {
