@@ -14,12 +14,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import blip2_fixtures  # noqa: E402
+import blip_fixtures  # noqa: E402
 import clip_fixtures  # noqa: E402
 
 ARCHS = {
     "clip-vit-base-patch32": lambda out: clip_fixtures.make_full_size(out, "clip-vit-base-patch32"),
     "clip-vit-large-patch14": lambda out: clip_fixtures.make_full_size(out, "clip-vit-large-patch14"),
     "blip2-opt-2.7b": lambda out: blip2_fixtures.make_full_size(out, "blip2-opt-2.7b"),
+    "blip-image-captioning-base": lambda out: blip_fixtures.make_full_size(out, "blip-image-captioning-base"),
+    "blip-image-captioning-large": lambda out: blip_fixtures.make_full_size(out, "blip-image-captioning-large"),
     # BLIP / BLIP-2 architectures: add "name": lambda out: <family>_fixtures.make_full_size(out, "name").
 }
 
