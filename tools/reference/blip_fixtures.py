@@ -61,6 +61,20 @@ def make_processor(image_size):
     return BlipProcessor(image_processor=ip, tokenizer=make_tokenizer())
 
 
+def save_processor(processor, d):
+    """processor.save_pretrained + the hub layout of Salesforce/blip-image-captioning-*:
+    preprocessor_config.json, special_tokens_map.json and vocab.txt next to tokenizer.json
+    (transformers 5 no longer writes them)."""
+    d = Path(d)
+    processor.save_pretrained(d)
+    processor.image_processor.to_json_file(d / "preprocessor_config.json")
+    special = {"bos_token": "[DEC]", "cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]",
+               "sep_token": "[SEP]", "unk_token": "[UNK]", "additional_special_tokens": ["[ENC]"]}
+    (d / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    if not (d / "vocab.txt").exists():
+        shutil.copy(VOCAB, d / "vocab.txt")
+
+
 def rgb_over_white(im: Image.Image) -> Image.Image:
     """capmatch-core image_io::to_rgb_over_white: (c*a + 255*(255-a) + 127) // 255 per channel."""
     if "A" not in im.getbands() and im.mode != "P":
@@ -207,15 +221,7 @@ def make_fixture(name, spec):
         print(f"{name}: sep bias {sep_bias}, greedy lengths {lens}")
         sep_bias = float(sep_bias)
     build_checkpoint(d, spec["vision"], spec["text"], spec["seed"], sep_bias)
-    processor.save_pretrained(d)
-    # The hub layout of Salesforce/blip-image-captioning-*: preprocessor_config.json and
-    # special_tokens_map.json next to the tokenizer files (transformers 5 no longer writes them).
-    processor.image_processor.to_json_file(d / "preprocessor_config.json")
-    special = {"bos_token": "[DEC]", "cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]",
-               "sep_token": "[SEP]", "unk_token": "[UNK]", "additional_special_tokens": ["[ENC]"]}
-    (d / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    if not (d / "vocab.txt").exists():
-        shutil.copy(VOCAB, d / "vocab.txt")
+    save_processor(processor, d)
     model = BlipForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
 
     (d / "images").mkdir()
@@ -287,9 +293,7 @@ def make_full_size(out_dir, arch):
     spec = BLIP_SHAPES[arch]
     out_dir = Path(out_dir)
     build_checkpoint(out_dir, spec["vision"], spec["text"], seed=None, dtype=None)
-    processor = make_processor(spec["vision"]["image_size"])
-    processor.save_pretrained(out_dir)
-    processor.image_processor.to_json_file(out_dir / "preprocessor_config.json")
+    save_processor(make_processor(spec["vision"]["image_size"]), out_dir)
     return out_dir
 
 

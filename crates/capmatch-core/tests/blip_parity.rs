@@ -249,3 +249,27 @@ fn bf16_runs_and_stays_close() {
     eprintln!("bf16: {same}/{total} greedy captions identical to the f32 reference");
     assert!(same >= 1, "bf16 reproduced none of the {total} greedy captions");
 }
+
+/// A full-size checkpoint (e.g. `python3 tools/reference/make_random_checkpoint.py
+/// blip-image-captioning-base /tmp/blip-base`, random weights): loads and captions a real
+/// image, greedy and with 3 beams. Run with
+/// `CAPMATCH_BLIP_FULL=/tmp/blip-base cargo test --release -p capmatch-core --test blip_parity -- --ignored`.
+#[test]
+#[ignore = "needs a full-size checkpoint in $CAPMATCH_BLIP_FULL"]
+fn full_size_checkpoint_captions_an_image() {
+    let dir = PathBuf::from(std::env::var("CAPMATCH_BLIP_FULL").expect("set CAPMATCH_BLIP_FULL to a checkpoint dir"));
+    let t = std::time::Instant::now();
+    let captioner = Captioner::load(&dir, DType::F32).unwrap();
+    eprintln!("loaded {} in {:.2?}", dir.display(), t.elapsed());
+    let image = decode_file(&repo_root().join("fixtures/images/real/photo_lemon.png"), &DecodeLimits::default()).unwrap();
+    for num_beams in [None, Some(3)] {
+        let options = CaptionOptions { num_beams, max_new_tokens: Some(12), ..Default::default() };
+        let t = std::time::Instant::now();
+        let caps = captioner.caption(&[image.clone(), image.clone()], &options).unwrap();
+        eprintln!("num_beams {num_beams:?}: {:.2?} for 2 images: {:?}", t.elapsed(), caps[0]);
+        assert_eq!(caps.len(), 2);
+        assert_eq!(caps[0], caps[1], "the same image gives the same caption in a batch");
+        assert_eq!(caps[0].token_ids[..4], [30522, 1037, 3861, 1997], "[DEC] a picture of");
+        assert!(caps[0].token_ids.len() > 4 && caps[0].token_ids.len() <= 4 + 12);
+    }
+}
