@@ -439,6 +439,9 @@ fn download(
         pinned = Some(commit_of_listing);
     }
 
+    if let Some(missing) = kind.required_files().iter().find(|f| !remote.contains(**f)) {
+        return Err(format!("the repository has no {missing}"));
+    }
     let mut wanted: Vec<String> = kind.required_files().iter().map(|s| s.to_string()).collect();
     wanted.extend(kind.optional_files().iter().filter(|f| remote.contains(**f)).map(|s| s.to_string()));
     let weights = WEIGHT_CHOICES
@@ -446,9 +449,6 @@ fn download(
         .find(|w| remote.contains(**w))
         .ok_or_else(|| format!("the repository has no {WEIGHTS_DESCRIPTION}"))?;
     wanted.push(weights.to_string());
-    if let Some(missing) = kind.required_files().iter().find(|f| !remote.contains(**f)) {
-        return Err(format!("the repository has no {missing}"));
-    }
 
     let mut snapshot: Option<PathBuf> = None;
     let mut queue: std::collections::VecDeque<String> = wanted.into();
@@ -467,7 +467,10 @@ fn download(
                 if !had_ref && rev != revision && refs_file.exists() {
                     let _ = std::fs::remove_file(&refs_file);
                 }
-                result.map_err(|e| format!("downloading {file} failed: {}", describe_api_error(repo, &e)))?
+                let path =
+                    result.map_err(|e| format!("downloading {file} failed: {}", describe_api_error(repo, &e)))?;
+                remove_blob_lock(&path);
+                path
             }
         };
         let dir = path.parent().map(Path::to_path_buf).ok_or("bad download path")?;
@@ -494,6 +497,19 @@ fn download(
         }
     }
     Ok((commit, snapshot))
+}
+
+/// hf-hub leaves an empty `blobs/<etag>.lock` next to each blob it downloaded
+/// (huggingface_hub keeps its locks under `.locks/`); remove it once the download is done.
+fn remove_blob_lock(pointer: &Path) {
+    let Ok(target) = std::fs::read_link(pointer) else { return };
+    let blob = pointer.parent().map(|dir| dir.join(&target)).unwrap_or(target);
+    let mut lock = blob.into_os_string();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    if std::fs::metadata(&lock).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        let _ = std::fs::remove_file(&lock);
+    }
 }
 
 fn is_commit_hash(revision: &str) -> bool {

@@ -322,4 +322,181 @@ fn write_fake_cache() {
     let resolved = resolve_model_with("openai/clip-vit-base-patch32", ModelKind::Clip, &config(&out, true)).unwrap();
     assert_eq!(resolved.dir, snapshot);
     println!("SNAPSHOT {}", snapshot.display());
+    // And one repository downloaded by hf-hub (from the loopback fake hub).
+    let files: Vec<(&str, Vec<u8>)> = clip_files().into_iter().map(|(n, b)| (n, b.to_vec())).collect();
+    let hub = fake_hub("org/downloaded", COMMIT, files);
+    let downloaded = resolve_model_with("org/downloaded", ModelKind::Clip, &online(&out, &hub.endpoint)).unwrap();
+    println!("DOWNLOADED {}", downloaded.dir.display());
+}
+
+// ---------------------------------------------------------------------------------------
+// Downloads, against a minimal fake hub on a loopback port of this machine (nothing leaves
+// it): the two endpoints hf-hub's sync API uses, `GET /api/models/<repo>/revision/<rev>`
+// and `GET /<repo>/resolve/<rev>/<file>` with `Range`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::sync::{Arc, Mutex};
+
+struct FakeHub {
+    endpoint: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+fn fake_hub(repo: &'static str, commit: &'static str, files: Vec<(&'static str, Vec<u8>)>) -> FakeHub {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let log = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut range = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    range = Some(v.trim().to_string());
+                }
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+            log.lock().unwrap().push(format!("{path} {}", range.clone().unwrap_or_default()));
+            let api_prefix = format!("/api/models/{repo}/revision/");
+            let file_prefix = format!("/{repo}/resolve/");
+            let (status, headers, body): (&str, Vec<String>, Vec<u8>) = if path.starts_with(&api_prefix) {
+                let siblings: Vec<String> = files.iter().map(|(n, _)| format!(r#"{{"rfilename": "{n}"}}"#)).collect();
+                let json = format!(r#"{{"id": "{repo}", "sha": "{commit}", "siblings": [{}]}}"#, siblings.join(", "));
+                ("200 OK", vec!["Content-Type: application/json".into()], json.into_bytes())
+            } else if let Some(rest) = path.strip_prefix(&file_prefix) {
+                let name = rest.split_once('/').map(|(_, f)| f).unwrap_or("");
+                match files.iter().find(|(n, _)| *n == name) {
+                    Some((_, data)) => {
+                        let start: usize = range
+                            .as_deref()
+                            .and_then(|r| r.split('-').next())
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        let end = match range.as_deref().and_then(|r| r.split('-').nth(1)).filter(|e| !e.is_empty()) {
+                            Some(e) => e.parse::<usize>().unwrap() + 1,
+                            None => data.len(),
+                        };
+                        let etag = blake3::hash(data).to_hex().to_string();
+                        (
+                            "206 Partial Content",
+                            vec![
+                                format!("x-repo-commit: {commit}"),
+                                format!("ETag: \"{etag}\""),
+                                format!("Content-Range: bytes {start}-{}/{}", end.saturating_sub(1), data.len()),
+                            ],
+                            data[start.min(end)..end].to_vec(),
+                        )
+                    }
+                    None => ("404 Not Found", vec!["X-Error-Code: EntryNotFound".into()], b"Entry not found".to_vec()),
+                }
+            } else {
+                ("404 Not Found", vec!["X-Error-Code: RepoNotFound".into()], b"Repository not found".to_vec())
+            };
+            let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            for h in headers {
+                head.push_str(&h);
+                head.push_str("\r\n");
+            }
+            head.push_str("\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    FakeHub { endpoint, requests }
+}
+
+fn online(cache: &Path, endpoint: &str) -> HubConfig {
+    HubConfig { cache_dir: cache.to_path_buf(), endpoint: endpoint.to_string(), token: None, offline: false, progress: false }
+}
+
+#[test]
+fn missing_files_are_downloaded_into_the_cached_snapshot() {
+    let repo = "openai/clip-vit-base-patch32";
+    let files: Vec<(&str, Vec<u8>)> = clip_files().into_iter().map(|(n, b)| (n, b.to_vec())).collect();
+    let hub = fake_hub(repo, COMMIT, files.clone());
+    let cache = tempfile::tempdir().unwrap();
+    // Python already fetched config.json; the rest is missing.
+    let snapshot = cache_files(cache.path(), repo, Some("main"), COMMIT, &[("config.json", CONFIG_JSON)]);
+
+    let resolved = resolve_model_with(repo, ModelKind::Clip, &online(cache.path(), &hub.endpoint)).unwrap();
+    assert_eq!(resolved.dir, snapshot);
+    assert_eq!(resolved.commit.as_deref(), Some(COMMIT));
+    for (name, bytes) in &files {
+        let entry = snapshot.join(name);
+        assert_eq!(&std::fs::read(&entry).unwrap(), bytes, "{name}");
+        // huggingface_hub's layout: a relative symlink into blobs/.
+        let target = std::fs::read_link(&entry).unwrap();
+        assert!(target.starts_with("../../blobs"), "{name} -> {}", target.display());
+    }
+    // config.json was reused, not fetched again; no refs/<hash> was left behind.
+    let requests = hub.requests.lock().unwrap().clone();
+    assert!(!requests.iter().any(|r| r.contains("config.json") && !r.contains("preprocessor")), "{requests:?}");
+    assert!(requests.iter().any(|r| r.contains("/resolve/") && r.contains("tokenizer.json")), "{requests:?}");
+    let refs: Vec<_> = std::fs::read_dir(cache.path().join(repo_folder_name(repo)).join("refs")).unwrap().collect();
+    assert_eq!(refs.len(), 1);
+    // blobs/ holds only blobs (hf-hub's lock files are cleaned up), one per file.
+    let blobs: Vec<String> = std::fs::read_dir(cache.path().join(repo_folder_name(repo)).join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(blobs.len(), files.len(), "{blobs:?}");
+    assert!(blobs.iter().all(|b| !b.ends_with(".lock")), "{blobs:?}");
+
+    // Now complete: resolves offline, with no request.
+    let before = hub.requests.lock().unwrap().len();
+    let again = resolve_model_with(repo, ModelKind::Clip, &config(cache.path(), true)).unwrap();
+    assert_eq!(again.dir, snapshot);
+    assert_eq!(hub.requests.lock().unwrap().len(), before);
+}
+
+#[test]
+fn empty_cache_downloads_sharded_weights_and_optional_files() {
+    let repo = "Salesforce/blip2-tiny";
+    let index = br#"{"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}"#;
+    let mut files: Vec<(&str, Vec<u8>)> = clip_files()
+        .into_iter()
+        .filter(|(n, _)| *n != "model.safetensors")
+        .map(|(n, b)| (n, b.to_vec()))
+        .collect();
+    files.push(("generation_config.json", br#"{"max_length": 20}"#.to_vec()));
+    files.push(("model.safetensors.index.json", index.to_vec()));
+    files.push(("model-00001-of-00002.safetensors", b"first shard".to_vec()));
+    files.push(("model-00002-of-00002.safetensors", b"second shard".to_vec()));
+    files.push(("pytorch_model.bin", b"not wanted: safetensors come first".to_vec()));
+    let hub = fake_hub(repo, OTHER_COMMIT, files);
+    let cache = tempfile::tempdir().unwrap();
+    let resolved = resolve_model_with(repo, ModelKind::Captioner, &online(cache.path(), &hub.endpoint)).unwrap();
+    let repo_dir = cache.path().join(repo_folder_name(repo));
+    assert_eq!(resolved.dir, repo_dir.join("snapshots").join(OTHER_COMMIT));
+    for name in ["generation_config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        assert!(resolved.dir.join(name).is_file(), "{name}");
+    }
+    assert!(!resolved.dir.join("pytorch_model.bin").exists());
+    // refs/main records the commit, as huggingface_hub does; no other ref.
+    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), OTHER_COMMIT);
+    assert_eq!(std::fs::read_dir(repo_dir.join("refs")).unwrap().count(), 1);
+    assert_eq!(cached_snapshot(cache.path(), repo, "main").unwrap().1, resolved.dir);
+}
+
+#[test]
+fn unknown_repository_on_the_hub_is_reported() {
+    let hub = fake_hub("org/exists", COMMIT, vec![]);
+    let cache = tempfile::tempdir().unwrap();
+    let err = resolve_model_with("org/does-not-exist", ModelKind::Clip, &online(cache.path(), &hub.endpoint)).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("org/does-not-exist (or the revision) was not found on the hub (HTTP 404)"), "{message}");
+    assert!(message.contains("--clip /path/to/dir"), "{message}");
+    // A repository without the needed files says which.
+    let err = resolve_model_with("org/exists", ModelKind::Clip, &online(cache.path(), &hub.endpoint)).unwrap_err();
+    assert!(err.to_string().contains("the repository has no config.json"), "{err}");
 }
