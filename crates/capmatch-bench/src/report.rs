@@ -347,8 +347,9 @@ fn index_section(ix: &IndexResult, cases: &[CaseResult]) -> String {
         s.push_str("| model-only | run with clip-image, clip-text and blip-caption to compare |\n");
     }
     let _ = writeln!(s, "| peak RSS ({} files) | {} |", ix.images_big, mib(ix.peak_rss_kb));
-    if let Some(info) = &ix.info {
-        let _ = writeln!(s, "\n`capmatch info --json` after the big run: `{}`", info.replace('\n', " "));
+    if let Some(info) = ix.info.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
+        let skipped = info["skipped"].as_array().map(Vec::len).unwrap_or(0);
+        let _ = writeln!(s, "\n`capmatch info` after the big run: {} images indexed, {skipped} skipped.", info["images"]);
     }
     s
 }
