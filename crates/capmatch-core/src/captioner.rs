@@ -81,10 +81,13 @@ impl CaptionArch {
             .unwrap_or_default();
         let model_type = config.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
         for arch in &archs {
-            match *arch {
-                "BlipForConditionalGeneration" => return Ok(Self::Blip),
+            let found = match *arch {
+                "BlipForConditionalGeneration" => Some(Self::Blip),
                 // "Blip2ForConditionalGeneration" => …  (BLIP-2 goes here)
-                _ => {}
+                _ => None,
+            };
+            if let Some(found) = found {
+                return Ok(found);
             }
         }
         if archs.is_empty() && model_type == "blip" {
