@@ -174,6 +174,10 @@ pub struct SearchArgs {
     pub json: bool,
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Dtype,
+    /// Where the index's CLIP model is now, if not where the index recorded it (its config
+    /// must be the recorded one).
+    #[arg(long)]
+    pub clip: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -54,6 +54,8 @@ pub struct Gallery {
     image_matrix: Vec<f32>,
     /// `captions.len() × dim`, row-major.
     caption_matrix: Vec<f32>,
+    /// Rows announced by the store before loading (allocation hint only).
+    expected_rows: usize,
 }
 
 /// Dot product written for auto-vectorisation: 16 independent lanes let LLVM keep them in
@@ -88,6 +90,7 @@ impl Gallery {
     /// Loads every indexed file (optionally only one domain) of `store`.
     pub fn load(store: &dyn Store, domain: Option<&str>) -> anyhow::Result<Self> {
         let mut gallery = Gallery::new(0);
+        gallery.expected_rows = store.gallery_len_hint(domain)?.unwrap_or(1024);
         store.scan_gallery(domain, &mut |row| gallery.push_row(row).map_err(|e| StoreError::Corrupt(format!("{e:#}"))))?;
         Ok(gallery)
     }
@@ -104,9 +107,15 @@ impl Gallery {
             bail!("{}: {} caption floats for {} captions", row.path, row.caption_embeddings.len_f32(), row.captions.len());
         }
         if self.paths.is_empty() {
-            // Reserve generously on the first row: most galleries have one caption per image.
-            self.image_matrix.reserve(1024 * dim);
-            self.caption_matrix.reserve(1024 * dim);
+            // Allocate once on the first row (most galleries have one caption per image):
+            // growing a 200 MB matrix by doubling would copy it several times.
+            let rows = self.expected_rows.max(1);
+            self.image_matrix.reserve_exact(rows * dim);
+            self.caption_matrix.reserve(rows * dim * row.captions.len());
+            self.paths.reserve(rows);
+            self.domain_of.reserve(rows);
+            self.caption_start.reserve(rows);
+            self.captions.reserve(rows * row.captions.len());
         }
         row.image_embedding.extend_into(&mut self.image_matrix);
         row.caption_embeddings.extend_into(&mut self.caption_matrix);

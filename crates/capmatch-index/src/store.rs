@@ -202,6 +202,11 @@ pub trait Store {
         sink: &mut dyn FnMut(GalleryRow<'_>) -> Result<()>,
     ) -> Result<()>;
     fn summary(&self) -> Result<IndexSummary>;
+    /// How many rows [`Store::scan_gallery`] will stream, if cheaply known (lets the gallery
+    /// allocate its matrices once instead of growing them).
+    fn gallery_len_hint(&self, _domain: Option<&str>) -> Result<Option<usize>> {
+        Ok(None)
+    }
 }
 
 /// The `CaptionIndex` file: a SQLite database.
@@ -265,6 +270,9 @@ impl SqliteStore {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Loading a gallery reads every page once: map the file rather than copy each page
+        // through SQLite's page cache.
+        conn.pragma_update(None, "mmap_size", 1i64 << 32)?;
         let store = Self { conn, path: path.to_path_buf() };
         store.check_format(false)?;
         Ok(store)
@@ -330,6 +338,13 @@ impl SqliteStore {
 
     fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// SQLite's own consistency check of the whole file: `"ok"` when sound.
+    pub fn integrity_check(&self) -> Result<String> {
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+        let lines: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(lines.join("\n"))
     }
 
     /// Vector dimension of the stored vectors, once any are stored.
@@ -535,6 +550,12 @@ impl Store for SqliteStore {
             sink(GalleryRow { path, domain, captions, image_embedding, caption_embeddings })?;
         }
         Ok(())
+    }
+
+    fn gallery_len_hint(&self, domain: Option<&str>) -> Result<Option<usize>> {
+        let n: i64 =
+            self.conn.query_row("SELECT count(*) FROM files WHERE ?1 IS NULL OR domain = ?1", [domain], |r| r.get(0))?;
+        Ok(Some(n as usize))
     }
 
     fn summary(&self) -> Result<IndexSummary> {
