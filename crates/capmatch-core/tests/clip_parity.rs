@@ -202,11 +202,10 @@ fn f32_image_embeddings_match_transformers() {
             let got = &emb.embed_images(std::slice::from_ref(img)).unwrap()[0];
             let d = max_abs_diff(got, &want);
             let c = cosine(got, &want);
-            if kind == "exact" {
-                assert!(d <= 1e-4 && c >= 0.99999, "{} {name}: max abs {d:e}, cosine {c}", fx.name());
-            } else {
-                assert!(c >= 0.999, "{} {name} (resampled): cosine {c}", fx.name());
-            }
+            // Resampled images: the brief asks cosine >= 0.999; resizing is bit-identical to
+            // Pillow, so they are held to the same bound as the others.
+            assert!(c >= 0.999, "{} {name} ({kind}): cosine {c}", fx.name());
+            assert!(d <= 1e-4 && c >= 0.99999, "{} {name} ({kind}): max abs {d:e}, cosine {c}", fx.name());
         }
         // A batch of all images gives the same as one by one.
         let imgs: Vec<RgbImage> = fx.images.iter().map(|(_, _, i)| i.clone()).collect();
