@@ -355,7 +355,10 @@ fn resolve_hub(
         None => missing_files(Path::new("/nonexistent-capmatch-snapshot"), kind)?,
     };
     let unavailable = |why: String, missing: Vec<String>| {
-        let message = unavailable_message(repo, revision, kind, config, &missing, &why);
+        let mut message = unavailable_message(repo, revision, kind, config, &missing, &why);
+        message.push_str(&format!(
+            "\n  note: '{spec}' is not a local directory, so it was taken as a hub repository id"
+        ));
         HubError::Unavailable {
             repo: repo.to_string(),
             revision: revision.to_string(),

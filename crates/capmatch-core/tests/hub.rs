@@ -166,6 +166,7 @@ fn partially_cached_repo_offline_names_what_is_missing() {
         "huggingface-cli download openai/clip-vit-base-patch32",
         "--clip /path/to/dir",
         "connect to the internet and retry",
+        "'openai/clip-vit-base-patch32' is not a local directory, so it was taken as a hub repository id",
     ] {
         assert!(message.contains(needle), "message lacks {needle:?}:\n{message}");
     }
