@@ -162,9 +162,9 @@ pub fn rank_key(score: f32, index: u32) -> u64 {
 
 /// Per-thread buffers that turn a score row into the ranks of its relevant items.
 ///
-/// Only the relevant items are sorted; every other gallery item is located among them (a
-/// bucket table over the sort keys, then a binary search inside one bucket) and counted,
-/// so a row costs O(M + n log n) for M gallery items of which n are relevant.
+/// Only the relevant items are sorted; every gallery item is then located among them (a
+/// bucket table over the sort keys, then a count inside one bucket, branch-light) and
+/// counted, so a row costs O(M + n log n) for M gallery items of which n are relevant.
 #[derive(Default)]
 pub struct RankScratch {
     keys: Vec<u64>,
@@ -174,9 +174,9 @@ pub struct RankScratch {
 }
 
 impl RankScratch {
-    /// Fills `self.ranks` with the ascending 0-based ranks of the relevant items of `scores`
-    /// (relevant = `classes[j] == class`; `relevant` lists those indices ascending).
-    pub fn rank_relevant(&mut self, scores: &[f32], classes: &[u32], class: u32, relevant: &[u32]) {
+    /// Fills `self.ranks` with the ascending 0-based ranks of the relevant items of `scores`,
+    /// whose indices `relevant` lists (each once).
+    pub fn rank_relevant(&mut self, scores: &[f32], relevant: &[u32]) {
         let n = relevant.len();
         self.ranks.clear();
         if n == 0 {
@@ -189,43 +189,68 @@ impl RankScratch {
         let first = keys[0];
         let last = keys[n - 1];
 
-        // Buckets over the high (score) half of the keys: bucket(x) is monotone in x.
-        let lo = first >> 32;
-        let span = (last >> 32) - lo;
-        let bits_span = 64 - span.leading_zeros(); // span < 2^bits_span
-        let bucket_bits = (usize::BITS - n.leading_zeros()).min(20) + 1; // about 2n buckets
-        let n_buckets = 1usize << bucket_bits;
-        let bucket = |key: u64| -> usize { ((((key >> 32) - lo) << bucket_bits) >> bits_span) as usize };
+        // Buckets over score values, linear between the highest and lowest finite relevant
+        // scores: bucket(score) is non-increasing in the score, so bucket order never
+        // contradicts key order. Scores above / below that range fall into the first / last
+        // bucket (−∞ and NaN included), where the in-bucket count settles them.
+        let (mut top, mut bottom) = (f32::NEG_INFINITY, f32::INFINITY);
+        for &k in keys.iter() {
+            let s = scores[(k & 0xffff_ffff) as usize];
+            if s.is_finite() {
+                top = top.max(s);
+                bottom = bottom.min(s);
+            }
+        }
+        let n_buckets = 2 * n;
+        let last_bucket = n_buckets - 1;
+        let scale = if top > bottom { last_bucket as f32 / (top - bottom) } else { 0.0 };
+        let bucket = |s: f32| -> usize {
+            let s = if s.is_nan() { f32::NEG_INFINITY } else { s };
+            // Float subtraction and scaling are monotone; `as` saturates (NaN -> 0).
+            (((top - s) * scale) as usize).min(last_bucket)
+        };
         self.starts.clear();
         self.starts.resize(n_buckets + 1, n as u32);
+        let mut widest = 0usize;
         {
             let mut b_next = 0usize;
+            let mut run_start = 0usize;
             for (i, &k) in keys.iter().enumerate() {
-                let b = bucket(k);
+                let b = bucket(scores[(k & 0xffff_ffff) as usize]);
+                if b_next <= b {
+                    widest = widest.max(i - run_start);
+                    run_start = i;
+                }
                 while b_next <= b {
                     self.starts[b_next] = i as u32;
                     b_next += 1;
                 }
             }
+            widest = widest.max(n - run_start);
         }
-        // hist[p]: other items with exactly p relevant keys before them.
-        self.hist.clear();
-        self.hist.resize(n + 1, 0);
-        for (j, (&s, &c)) in scores.iter().zip(classes).enumerate() {
-            if c == class {
-                continue;
-            }
-            let k = rank_key(s, j as u32);
-            let p = if k < first {
-                0
-            } else if k > last {
-                n
-            } else {
-                let b = bucket(k);
-                let (a, e) = (self.starts[b] as usize, self.starts[b + 1] as usize);
-                a + keys[a..e].partition_point(|&x| x < k)
-            };
-            self.hist[p] += 1;
+        // hist[p]: gallery items with exactly p relevant keys before them. Every item is
+        // counted, relevant ones included (branch-free); relevant item i has exactly i
+        // relevant keys before it, which is taken off below.
+        // Keys of later buckets belong to strictly lower scores, so they are never below an
+        // item's key: counting over a fixed window from the bucket's start is exact as long
+        // as the window covers the widest bucket (sentinels pad the end). Fixed width, no
+        // branches.
+        const WINDOW: usize = 8;
+        if widest <= WINDOW {
+            self.keys.extend([u64::MAX; WINDOW]);
+            let keys = &self.keys;
+            fill_hist(scores, n, &self.starts, &mut self.hist, bucket, |a, k| {
+                let w: &[u64; WINDOW] = keys[a..a + WINDOW].try_into().unwrap();
+                w.iter().map(|&x| (x < k) as usize).sum()
+            });
+        } else {
+            // Crowded buckets (many equal scores): binary search over the rest of the keys,
+            // which are ascending.
+            let keys = &self.keys;
+            fill_hist(scores, n, &self.starts, &mut self.hist, bucket, |a, k| keys[a..n].partition_point(|&x| x < k));
+        }
+        for h in &mut self.hist[..n] {
+            *h -= 1;
         }
         // Relevant item i (in key order) has i relevant and Σ_{p ≤ i} hist[p] others before it.
         let mut before = 0usize;
@@ -233,6 +258,25 @@ impl RankScratch {
             before += self.hist[i] as usize;
             self.ranks.push(i + before);
         }
+    }
+}
+
+/// `hist[p] += 1` for every gallery item, `p` = relevant keys before the item's key: its
+/// bucket's start `a` plus `below_from(a, key)`, the keys of that bucket below it.
+#[inline]
+fn fill_hist(
+    scores: &[f32],
+    n: usize,
+    starts: &[u32],
+    hist: &mut Vec<u32>,
+    bucket: impl Fn(f32) -> usize,
+    below_from: impl Fn(usize, u64) -> usize,
+) {
+    hist.clear();
+    hist.resize(n + 1, 0);
+    for (j, &s) in scores.iter().enumerate() {
+        let a = starts[bucket(s)] as usize;
+        hist[a + below_from(a, rank_key(s, j as u32))] += 1;
     }
 }
 
@@ -320,7 +364,7 @@ pub fn score_pair(
                                 &fused
                             }
                         };
-                        scratch.rank_relevant(scores, &gallery.classes, class, relevant);
+                        scratch.rank_relevant(scores, relevant);
                         accs[mi].add_ranks(&scratch.ranks);
                     }
                 }
@@ -357,6 +401,53 @@ mod tests {
         let order: Vec<u32> = v.iter().map(|&(_, i)| i).collect();
         // +inf, 0.5 (idx 1 before 3), 0.0 == -0.0 (idx 0 before 2), -1, then -inf and NaN by index.
         assert_eq!(order, [7, 1, 3, 0, 2, 6, 4, 5]);
+    }
+
+    /// Ranks of the relevant items by a full sort with the tie rule.
+    fn naive_ranks(scores: &[f32], relevant: &[u32]) -> Vec<usize> {
+        let mut order: Vec<u32> = (0..scores.len() as u32).collect();
+        order.sort_by_key(|&j| rank_key(scores[j as usize], j));
+        order.iter().enumerate().filter(|(_, j)| relevant.contains(j)).map(|(r, _)| r).collect()
+    }
+
+    #[test]
+    fn relevant_ranks_match_a_full_sort() {
+        let mut state = 42u64;
+        let mut next = move |n: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let mut scratch = RankScratch::default();
+        for case in 0..400 {
+            let m = 1 + next(300) as usize;
+            // Few distinct values (many ties) in some cases, many in others, and specials.
+            let distinct = [1, 2, 5, 1000, 1 << 20][case % 5];
+            let scores: Vec<f32> = (0..m)
+                .map(|_| match next(40) {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    2 => f32::INFINITY,
+                    3 => -0.0,
+                    _ => next(distinct) as f32 / distinct as f32 - 0.5,
+                })
+                .collect();
+            let mut relevant: Vec<u32> = (0..m as u32).filter(|_| next(4) == 0).collect();
+            if case % 7 == 0 {
+                relevant = (0..m as u32).collect();
+            }
+            scratch.rank_relevant(&scores, &relevant);
+            assert_eq!(scratch.ranks, naive_ranks(&scores, &relevant), "case {case}: {scores:?} {relevant:?}");
+        }
+    }
+
+    #[test]
+    fn all_equal_scores_rank_by_gallery_order() {
+        let scores = vec![0.25f32; 1000];
+        let relevant: Vec<u32> = (0..1000).filter(|j| j % 3 == 0).collect();
+        let mut scratch = RankScratch::default();
+        scratch.rank_relevant(&scores, &relevant);
+        let want: Vec<usize> = relevant.iter().map(|&j| j as usize).collect();
+        assert_eq!(scratch.ranks, want);
     }
 
     #[test]
