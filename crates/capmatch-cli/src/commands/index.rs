@@ -90,7 +90,7 @@ impl IndexObserver for Progress {
                 bar.enable_steady_tick(Duration::from_millis(200));
             }
             Some(_) => {}
-            None => tracing::info!("{files} images to caption and embed"),
+            None => tracing::info!("{files} new, changed or previously skipped files to index"),
         }
     }
 
