@@ -376,6 +376,7 @@ def make_full_size(out_dir, arch="blip2-opt-2.7b"):
     tokenizer = train_opt_tokenizer()
     processor = Blip2Processor(BlipImageProcessor(size={"height": 224, "width": 224}), tokenizer, num_query_tokens=32)
     processor.save_pretrained(out)
+    processor.image_processor.save_pretrained(out)
     return out
 
 

@@ -253,3 +253,55 @@ fn bf16_weights_compute_like_the_f32_reference() {
     let case = reference.cases.iter().find(|c| c.name == "greedy_default_config" && c.image_index == 0).unwrap();
     assert_eq!(out[0], case.output_ids, "bf16 storage, f32 compute: same tokens as the f32 reference");
 }
+
+/// Peak resident memory of this process, in GiB (Linux).
+fn peak_rss_gib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / (1024.0 * 1024.0)
+}
+
+/// A full-size checkpoint (`make_random_checkpoint.py blip2-opt-2.7b DIR`), bf16, memory-mapped:
+///
+///     CAPMATCH_BLIP2_FULL=DIR cargo test --release -p capmatch-models --test blip2_parity -- --ignored --nocapture
+#[test]
+#[ignore = "needs a full-size checkpoint in CAPMATCH_BLIP2_FULL (~8 GB)"]
+fn full_size_bf16_checkpoint_captions_within_memory() {
+    let dir = PathBuf::from(std::env::var("CAPMATCH_BLIP2_FULL").expect("CAPMATCH_BLIP2_FULL"));
+    let config = Blip2Config::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let start = std::time::Instant::now();
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weight_files(&dir), DType::BF16, &Device::Cpu) }.unwrap();
+    let model = Blip2ForConditionalGeneration::load(vb, &config).unwrap();
+    eprintln!("loaded in {:.1?}, peak RSS {:.2} GiB", start.elapsed(), peak_rss_gib());
+    let size = config.vision_config.image_size;
+    let pixels = Tensor::randn(0f32, 1.0, (1, 3, size, size), &Device::Cpu).unwrap();
+    let start = std::time::Instant::now();
+    let features = model.image_features(&pixels).unwrap();
+    eprintln!("vision + Q-Former + projection: {:.1?}", start.elapsed());
+    let Blip2LanguageModel::Opt(lm) = &model.language_model else { panic!("an OPT checkpoint") };
+    let ids = Tensor::new(model.input_ids(None).unwrap(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let mut cache = lm.new_cache();
+    let start = std::time::Instant::now();
+    lm.forward_embeds_last(&model.embed(&ids, &features).unwrap(), &mut cache).unwrap();
+    eprintln!("OPT prefill ({} tokens): {:.1?}", ids.dim(1).unwrap(), start.elapsed());
+    let start = std::time::Instant::now();
+    lm.forward_embeds_last(&lm.embed_tokens(&Tensor::new(&[[2u32]], &Device::Cpu).unwrap()).unwrap(), &mut cache).unwrap();
+    eprintln!("OPT step with cache: {:.1?}", start.elapsed());
+    let gen = GenerationConfig { max_new_tokens: Some(5), ..model.default_generation_config() };
+    let start = std::time::Instant::now();
+    let out = model.generate(&pixels, None, &gen).unwrap();
+    eprintln!(
+        "greedy, 5 new tokens: {:.1?}, {} ids, peak RSS {:.2} GiB",
+        start.elapsed(),
+        out[0].len(),
+        peak_rss_gib()
+    );
+    let prompt = config.num_query_tokens + 1;
+    assert!(out[0].len() > prompt && out[0].len() <= prompt + 5, "{} ids", out[0].len());
+    assert!(peak_rss_gib() < 16.0, "peak RSS {:.2} GiB", peak_rss_gib());
+}
