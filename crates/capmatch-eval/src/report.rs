@@ -329,7 +329,7 @@ pub fn plot_size(report: &EvalReport) -> (u32, u32) {
     let pairs = report.pairs().len().max(1) as u32;
     let modes = report.modes.len().max(1) as u32;
     let width = (120 + pairs * (modes * 12 + 22)).max(900);
-    let height = 70 + 300 * report.ks.len().max(1) as u32;
+    let height = 94 + 300 * report.ks.len().max(1) as u32;
     (width, height)
 }
 
@@ -346,13 +346,22 @@ where
     let n = pairs.len().max(1) as f64;
     let n_modes = report.modes.len().max(1);
 
-    let (title_area, body) = root.split_vertically(40);
+    let (title_area, body) = root.split_vertically(64);
     title_area
-        .titled(
+        .draw_text(
             &format!("{}: P@k by query → gallery pair and mode (%)", report.protocol),
-            (FONT_FAMILY, 20).into_font().color(&BLACK),
+            &(FONT_FAMILY, 20).into_font().color(&BLACK),
+            (70, 8),
         )
         .map_err(e)?;
+    // Legend in the header, clear of the bars.
+    let legend_font = (FONT_FAMILY, 14).into_font().color(&BLACK);
+    let mut x = 70i32;
+    for &mode in &report.modes {
+        title_area.draw(&Rectangle::new([(x, 40), (x + 14, 54)], mode_color(mode).filled())).map_err(e)?;
+        title_area.draw_text(mode.as_str(), &legend_font, (x + 20, 40)).map_err(e)?;
+        x += 40 + 9 * mode.as_str().len() as i32;
+    }
     let panels = body.split_evenly((report.ks.len().max(1), 1));
     let tick = (FONT_FAMILY, 13).into_font().color(&BLACK);
     for (j, (k, panel)) in report.ks.iter().zip(panels.iter()).enumerate() {
@@ -370,6 +379,7 @@ where
             .disable_x_mesh()
             .x_labels(0)
             .y_labels(6)
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("%")
             .label_style(tick.clone())
             .light_line_style(RGBColor(235, 235, 235))
@@ -388,20 +398,7 @@ where
                     Some(Rectangle::new([(x0, 0.0), (x0 + bw * 0.92, v)], color.filled()))
                 })
                 .collect();
-            let series = chart.draw_series(bars).map_err(e)?;
-            if j == 0 {
-                series.label(mode.as_str()).legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], color.filled()));
-            }
-        }
-        if j == 0 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(160, 160, 160))
-                .label_font(tick.clone())
-                .draw()
-                .map_err(e)?;
+            chart.draw_series(bars).map_err(e)?;
         }
         // Pair labels under each group, centred.
         let style = tick.clone().pos(text_anchor::Pos::new(text_anchor::HPos::Center, text_anchor::VPos::Top));
