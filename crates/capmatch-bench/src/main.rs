@@ -78,6 +78,11 @@ struct Cli {
     /// A round repeats the call until it lasts about this long (cheap cases get several calls).
     #[arg(long)]
     round_secs: Option<f64>,
+    /// Extra environment for our side only (workers and `capmatch index`), KEY=VALUE,
+    /// repeatable: for trying tuning knobs (e.g. CANDLE_NUM_THREADS=1) with the same
+    /// interleaved method. Shown in the report's command line.
+    #[arg(long = "ours-env", value_name = "KEY=VALUE")]
+    ours_env: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -180,6 +185,7 @@ pub fn median(v: &[f64]) -> f64 {
 
 pub struct Settings {
     pub threads: usize,
+    pub ours_env: Vec<(String, String)>,
     pub min_rounds: usize,
     pub max_rounds: usize,
     pub budget_secs: f64,
@@ -213,8 +219,14 @@ fn harness(cli: Cli) -> Result<()> {
     let repo = repo_root();
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let quick = cli.quick;
+    let ours_env = cli
+        .ours_env
+        .iter()
+        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--ours-env {kv}: expected KEY=VALUE")))
+        .collect::<Result<Vec<_>>>()?;
     let settings = Settings {
         threads,
+        ours_env,
         min_rounds: cli.min_rounds.unwrap_or(if quick { 1 } else { 3 }),
         max_rounds: cli.max_rounds.unwrap_or(if quick { 1 } else { 7 }),
         budget_secs: cli.budget_secs.unwrap_or(if quick { 0.0 } else { 12.0 }),
@@ -455,6 +467,7 @@ fn ours_command(settings: &Settings, case: &Case) -> Result<Command> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("worker").args(&case.args).arg("--threads").arg(settings.threads.to_string()).arg("--serve");
     cmd.env("RAYON_NUM_THREADS", settings.threads.to_string()).env("CANDLE_NUM_THREADS", settings.threads.to_string());
+    cmd.envs(settings.ours_env.iter().map(|(k, v)| (k, v)));
     Ok(cmd)
 }
 
@@ -640,7 +653,8 @@ fn run_index(cli: &Cli, paths: &Paths, settings: &Settings, real: &[PathBuf]) ->
             .arg("--dtype")
             .arg("f32")
             .env("RAYON_NUM_THREADS", settings.threads.to_string())
-            .env("CANDLE_NUM_THREADS", settings.threads.to_string());
+            .env("CANDLE_NUM_THREADS", settings.threads.to_string())
+            .envs(settings.ours_env.iter().map(|(k, v)| (k, v)));
         out.command = format!(
             "capmatch index {} --db {} --clip {} --captioner {} --batch 8 --dtype f32",
             folder.display(),

@@ -49,7 +49,16 @@ impl Report {
         machine.push(("kernel".into(), proc::capture("uname", &["-sr"]).unwrap_or_default()));
         machine.push(("threads used (both sides)".into(), settings.threads.to_string()));
 
-        let mut versions = vec![("rustc".into(), proc::capture("rustc", &["-V"]).unwrap_or_else(|| "?".into()))];
+        let repo = paths.repo.to_str().unwrap_or(".");
+        let head = proc::capture("git", &["-C", repo, "rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
+        let dirty = proc::capture("git", &["-C", repo, "status", "--porcelain", "--untracked-files=no", "--", "crates", "Cargo.toml", "Cargo.lock"])
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        let capmatch = if dirty == 0 { head } else { format!("{head} + uncommitted changes in {dirty} tracked files (shared working tree)") };
+        let mut versions = vec![
+            ("capmatch".into(), capmatch),
+            ("rustc".into(), proc::capture("rustc", &["-V"]).unwrap_or_else(|| "?".into())),
+        ];
         let lock = std::fs::read_to_string(paths.repo.join("Cargo.lock")).unwrap_or_default();
         for krate in ["candle-core", "gemm"] {
             if let Some(v) = lock_version(&lock, krate) {
