@@ -16,6 +16,11 @@
 //! `generation_config.json` does not reach it — so the defaults are transformers' global
 //! ones: greedy, at most 20 new tokens (capped at `max_position_embeddings`), no minimum.
 //!
+//! BLIP-2 (`Blip2ForConditionalGeneration`, OPT or Flan-T5) reproduces `Blip2Processor` +
+//! `generate` the same way: image tokens + the tokenized prompt (none: `[image] * n +
+//! [bos]`), the checkpoint's `generation_config.json` as defaults (see
+//! `capmatch_models::blip2`).
+//!
 //! [`Caption::token_ids`] is the sequence transformers returns for the image (prompt
 //! included, starting with `[DEC]`, ending with `[SEP]` unless the length limit was hit),
 //! without the batch padding. [`Caption::text`] is the decoded text with the decoded prompt
@@ -26,6 +31,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use capmatch_models::blip::{BlipConfig, BlipForConditionalGeneration};
+use capmatch_models::blip2::{Blip2Config, Blip2ForConditionalGeneration};
 use capmatch_models::generation::{self, GenerationConfig, TokenIds};
 use image::RgbImage;
 use tokenizers::Tokenizer;
@@ -68,7 +74,10 @@ pub struct Caption {
 pub enum CaptionArch {
     /// `BlipForConditionalGeneration` (`model_type` "blip").
     Blip,
-    // BLIP-2: add `Blip2Opt` / `Blip2T5` here (and in `from_config` / `CaptionModel`).
+    /// `Blip2ForConditionalGeneration` with OPT (`model_type` "blip-2", text `model_type` "opt").
+    Blip2Opt,
+    /// `Blip2ForConditionalGeneration` with Flan-T5 (text `model_type` "t5").
+    Blip2T5,
 }
 
 impl CaptionArch {
@@ -83,7 +92,7 @@ impl CaptionArch {
         for arch in &archs {
             let found = match *arch {
                 "BlipForConditionalGeneration" => Some(Self::Blip),
-                // "Blip2ForConditionalGeneration" => …  (BLIP-2 goes here)
+                "Blip2ForConditionalGeneration" => Some(blip2_arch(config)),
                 _ => None,
             };
             if let Some(found) = found {
@@ -93,9 +102,12 @@ impl CaptionArch {
         if archs.is_empty() && model_type == "blip" {
             return Ok(Self::Blip);
         }
+        if archs.is_empty() && model_type == "blip-2" {
+            return Ok(blip2_arch(config));
+        }
         bail!(
             "unsupported captioning checkpoint: architectures {archs:?}, model_type {model_type:?} \
-             (supported: BlipForConditionalGeneration)"
+             (supported: BlipForConditionalGeneration, Blip2ForConditionalGeneration)"
         )
     }
 }
@@ -103,7 +115,16 @@ impl CaptionArch {
 /// The loaded network, one variant per [`CaptionArch`].
 enum CaptionModel {
     Blip(BlipForConditionalGeneration),
-    // BLIP-2 adds its variant here.
+    /// The model and its generation defaults (text config + generation_config.json).
+    Blip2(Box<Blip2ForConditionalGeneration>, GenerationConfig),
+}
+
+/// BLIP-2's language model decides the variant (transformers' default text config is OPT).
+fn blip2_arch(config: &serde_json::Value) -> CaptionArch {
+    match config.pointer("/text_config/model_type").and_then(|m| m.as_str()) {
+        Some("t5") => CaptionArch::Blip2T5,
+        _ => CaptionArch::Blip2Opt,
+    }
 }
 
 /// A captioning checkpoint, ready to caption images.
@@ -145,13 +166,30 @@ impl Captioner {
                         .with_context(|| format!("cannot load BLIP weights from {}", dir.display()))?,
                 )
             }
+            CaptionArch::Blip2Opt | CaptionArch::Blip2T5 => {
+                let cfg = Blip2Config::from_json(&config_text)
+                    .with_context(|| format!("{} is not a BLIP-2 config", config_path.display()))?;
+                let model = Blip2ForConditionalGeneration::load(vb, &cfg)
+                    .with_context(|| format!("cannot load BLIP-2 weights from {}", dir.display()))?;
+                // transformers: the checkpoint's generation_config.json is the model's default.
+                let mut defaults = model.default_generation_config();
+                let gen_path = dir.join("generation_config.json");
+                if gen_path.is_file() {
+                    let file = GenerationConfig::from_json(&std::fs::read_to_string(&gen_path)?)
+                        .with_context(|| format!("{} is not a generation config", gen_path.display()))?;
+                    defaults = defaults.merged_with(&file);
+                }
+                CaptionModel::Blip2(Box::new(model), defaults)
+            }
         };
         Ok(Self { model, tokenizer, processor, device: device.clone(), dir: dir.to_path_buf(), batch_size: 8 })
     }
 
     pub fn arch(&self) -> CaptionArch {
-        match self.model {
+        match &self.model {
             CaptionModel::Blip(_) => CaptionArch::Blip,
+            CaptionModel::Blip2(m, _) if m.config.text_config.is_encoder_decoder() => CaptionArch::Blip2T5,
+            CaptionModel::Blip2(..) => CaptionArch::Blip2Opt,
         }
     }
 
@@ -175,6 +213,15 @@ impl Captioner {
     pub fn blip(&self) -> Option<&BlipForConditionalGeneration> {
         match &self.model {
             CaptionModel::Blip(m) => Some(m),
+            CaptionModel::Blip2(..) => None,
+        }
+    }
+
+    /// The BLIP-2 model, when that is what was loaded.
+    pub fn blip2(&self) -> Option<&Blip2ForConditionalGeneration> {
+        match &self.model {
+            CaptionModel::Blip2(m, _) => Some(m),
+            CaptionModel::Blip(_) => None,
         }
     }
 
@@ -217,6 +264,32 @@ impl Captioner {
                 let prompts = vec![prompt.clone(); n];
                 let seqs = generation::generate(&mut decoder, &prompts, &params, &self.device)?;
                 let prompt_text = self.decode(&prompt)?;
+                seqs.into_iter().map(|ids| self.finish(ids, &prompt_text)).collect()
+            }
+            CaptionModel::Blip2(model, defaults) => {
+                // Blip2Processor: image tokens + tokenizer(prompt); without a prompt,
+                // generate's `[image] * n + [bos]` (see `Blip2ForConditionalGeneration::input_ids`).
+                let decoder_only = !model.config.text_config.is_encoder_decoder();
+                let text_ids = if options.prompt.is_empty() {
+                    None
+                } else {
+                    let enc = self.tokenizer.encode(options.prompt.as_str(), true).map_err(anyhow::Error::msg)?;
+                    let mut ids = enc.get_ids().to_vec();
+                    // OPT's tokenizer always starts with BOS, also when tokenizer.json lacks that post-processor.
+                    if let (true, Some(bos)) = (decoder_only, model.config.text_config.bos_token_id()) {
+                        if ids.first() != Some(&bos) {
+                            ids.insert(0, bos);
+                        }
+                    }
+                    Some(ids)
+                };
+                let config = defaults.merged_with(&overrides(options));
+                let seqs = model.generate(pixel_values, text_ids.as_deref(), &config)?;
+                // OPT's output repeats the prompt; T5's starts from the decoder start token.
+                let prompt_text = match &text_ids {
+                    Some(ids) if decoder_only => self.decode(ids)?,
+                    _ => String::new(),
+                };
                 seqs.into_iter().map(|ids| self.finish(ids, &prompt_text)).collect()
             }
         }
@@ -270,6 +343,10 @@ mod tests {
         assert_eq!(CaptionArch::from_config(&v).unwrap(), CaptionArch::Blip);
         let v = serde_json::json!({"model_type": "blip"});
         assert_eq!(CaptionArch::from_config(&v).unwrap(), CaptionArch::Blip);
+        let v = serde_json::json!({"architectures": ["Blip2ForConditionalGeneration"], "text_config": {"model_type": "t5"}});
+        assert_eq!(CaptionArch::from_config(&v).unwrap(), CaptionArch::Blip2T5);
+        let v = serde_json::json!({"model_type": "blip-2"});
+        assert_eq!(CaptionArch::from_config(&v).unwrap(), CaptionArch::Blip2Opt);
         let v = serde_json::json!({"architectures": ["BlipForQuestionAnswering"], "model_type": "blip"});
         let err = CaptionArch::from_config(&v).unwrap_err().to_string();
         assert!(err.contains("BlipForQuestionAnswering") && err.contains("supported"), "{err}");
