@@ -1,0 +1,269 @@
+//! CPU kernels for transformer encoder layers, on plain row-major `f32` buffers.
+//!
+//! Why not candle ops: on a small CPU the profile of CLIP through candle's tensor ops was
+//! half gemm and half overhead — a fresh zeroed allocation per op (page faults), spin-waiting
+//! in candle's elementwise thread barrier, `contiguous()` copies of the attention heads, and
+//! for bf16 a widening of every weight matrix to f32 on every matmul (candle has no bf16 CPU
+//! gemm). Here an [`CpuEncoderLayer`] keeps its weights as f32 once (QKV fused into one
+//! matrix, the attention scale folded into Q), and a forward pass is a handful of `gemm`
+//! calls that add the bias and the residual in place (`dst = dst + lhs · rhs`), with layer
+//! norm, softmax and the activation as single passes over rows, parallel with rayon.
+//!
+//! Weights loaded in bf16/f16 are widened to f32 here, so those dtypes compute in f32 with
+//! bf16/f16-rounded weights (more accurate than, and as fast as, the f32 path).
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use crate::clip::HiddenAct;
+
+/// Value added to masked attention scores (finite, so that a fully masked row stays finite).
+const MASKED: f32 = -1e30;
+
+fn parallelism() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// A weight tensor as an f32 vector, whatever dtype `vb` loads in.
+fn get_f32(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Vec<f32>> {
+    vb.get(shape, name)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// `y = x · wᵀ + b`, with `w` (out, in) as stored by `nn.Linear`.
+#[derive(Debug, Clone)]
+struct DenseF32 {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+impl DenseF32 {
+    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self { w: get_f32(vb, &[out_dim, in_dim], "weight")?, b: get_f32(vb, &[out_dim], "bias")?, in_dim, out_dim })
+    }
+
+    /// `dst (m, out) = x (m, in) · wᵀ + b`, or `dst += x · wᵀ + b` when `accumulate`.
+    fn forward_into(&self, x: &[f32], m: usize, dst: &mut [f32], accumulate: bool) {
+        let (k, n) = (self.in_dim, self.out_dim);
+        assert!(x.len() == m * k && dst.len() == m * n);
+        // Seed dst with the bias (added to the residual when accumulating); gemm adds x · wᵀ.
+        dst.par_chunks_mut(n).for_each(|row| {
+            if accumulate {
+                row.iter_mut().zip(&self.b).for_each(|(d, b)| *d += b);
+            } else {
+                row.copy_from_slice(&self.b);
+            }
+        });
+        // SAFETY: dimensions and strides describe the slices checked above; rhs(k, n) = w(n, k)ᵀ.
+        unsafe {
+            gemm(
+                m, n, k,
+                dst.as_mut_ptr(), 1, n as isize, true,
+                x.as_ptr(), 1, k as isize,
+                self.w.as_ptr(), k as isize, 1,
+                1.0, 1.0, false, false, false,
+                parallelism(),
+            )
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LayerNormF32 {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    eps: f32,
+}
+
+impl LayerNormF32 {
+    fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { w: get_f32(vb, &[dim], "weight")?, b: get_f32(vb, &[dim], "bias")?, eps: eps as f32 })
+    }
+
+    /// Normalises each row of `x` into `dst` (two passes per row: mean, then variance of the
+    /// centred values, as torch does, so no cancellation).
+    fn forward_into(&self, x: &[f32], dst: &mut [f32]) {
+        let d = self.w.len();
+        dst.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(out, row)| {
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for i in 0..d {
+                out[i] = (row[i] - mean) * inv * self.w[i] + self.b[i];
+            }
+        });
+    }
+}
+
+/// Applies the activation in place; the common CLIP ones directly, others through candle.
+fn activate(act: HiddenAct, x: &mut [f32], width: usize) -> Result<()> {
+    match act {
+        HiddenAct::QuickGelu => x.par_chunks_mut(width).for_each(|row| {
+            row.iter_mut().for_each(|v| *v /= 1.0 + (-1.702 * *v).exp());
+        }),
+        HiddenAct::Relu => x.par_iter_mut().for_each(|v| *v = v.max(0.0)),
+        other => {
+            let t = Tensor::from_slice(x, x.len(), &Device::Cpu)?;
+            x.copy_from_slice(&other.forward(&t)?.to_vec1::<f32>()?);
+        }
+    }
+    Ok(())
+}
+
+/// Lets the per-(sequence, head) attention tasks write their disjoint column blocks of one
+/// output buffer from several threads.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// A method (not `.0`) so that closures capture the whole `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Which keys each query may attend to (text tower); `None` in [`CpuEncoderLayer::forward`]
+/// means full attention (vision tower).
+pub struct AttentionMask {
+    /// Queries attend only to keys at or before their own position.
+    pub causal: bool,
+    /// (B, L), false for padding keys.
+    pub keep: Vec<bool>,
+}
+
+/// A pre-norm CLIP encoder layer (`x + attn(ln1(x))`, then `x + mlp(ln2(x))`) in f32.
+#[derive(Debug, Clone)]
+pub struct CpuEncoderLayer {
+    /// q, k, v projections stacked into (3D, D); q's rows and bias scaled by head_dim^-0.5.
+    qkv: DenseF32,
+    out_proj: DenseF32,
+    ln1: LayerNormF32,
+    ln2: LayerNormF32,
+    fc1: DenseF32,
+    fc2: DenseF32,
+    act: HiddenAct,
+    heads: usize,
+}
+
+impl CpuEncoderLayer {
+    /// `vb` at `encoder.layers.{i}`; tensor names as in transformers' `CLIPEncoderLayer`.
+    pub fn load(vb: VarBuilder, hidden: usize, intermediate: usize, heads: usize, act: HiddenAct, eps: f64) -> Result<Self> {
+        let attn = vb.pp("self_attn");
+        let scale = ((hidden / heads) as f64).powf(-0.5) as f32;
+        let mut w = Vec::with_capacity(3 * hidden * hidden);
+        let mut b = Vec::with_capacity(3 * hidden);
+        for (name, s) in [("q_proj", scale), ("k_proj", 1.0), ("v_proj", 1.0)] {
+            let p = attn.pp(name);
+            w.extend(get_f32(&p, &[hidden, hidden], "weight")?.into_iter().map(|v| v * s));
+            b.extend(get_f32(&p, &[hidden], "bias")?.into_iter().map(|v| v * s));
+        }
+        Ok(Self {
+            qkv: DenseF32 { w, b, in_dim: hidden, out_dim: 3 * hidden },
+            out_proj: DenseF32::load(&attn.pp("out_proj"), hidden, hidden)?,
+            ln1: LayerNormF32::load(&vb.pp("layer_norm1"), hidden, eps)?,
+            ln2: LayerNormF32::load(&vb.pp("layer_norm2"), hidden, eps)?,
+            fc1: DenseF32::load(&vb.pp("mlp").pp("fc1"), hidden, intermediate)?,
+            fc2: DenseF32::load(&vb.pp("mlp").pp("fc2"), intermediate, hidden)?,
+            act,
+            heads,
+        })
+    }
+
+    /// Updates `x` (B·L rows of D) in place; `scratch` is reused between layers.
+    pub fn forward(&self, x: &mut [f32], b: usize, len: usize, mask: Option<&AttentionMask>, scratch: &mut Scratch) -> Result<()> {
+        let d = self.qkv.in_dim;
+        let m = b * len;
+        scratch.ensure(m, d, self.fc1.out_dim, len);
+        let Scratch { normed, qkv, attn, hidden, .. } = scratch;
+        let (normed, qkv, attn, hidden) =
+            (&mut normed[..m * d], &mut qkv[..m * 3 * d], &mut attn[..m * d], &mut hidden[..m * self.fc1.out_dim]);
+
+        self.ln1.forward_into(x, normed);
+        self.qkv.forward_into(normed, m, qkv, false);
+        self.attention(qkv, attn, b, len, mask);
+        self.out_proj.forward_into(attn, m, x, true);
+
+        self.ln2.forward_into(x, normed);
+        self.fc1.forward_into(normed, m, hidden, false);
+        activate(self.act, hidden, self.fc1.out_dim)?;
+        self.fc2.forward_into(hidden, m, x, true);
+        Ok(())
+    }
+
+    /// softmax(q kᵀ + mask) v for every (sequence, head), reading q/k/v in place from the
+    /// (B·L, 3D) projections and writing each head's columns of `out` (B·L, D) directly —
+    /// no head transposes or copies.
+    fn attention(&self, qkv: &[f32], out: &mut [f32], b: usize, len: usize, mask: Option<&AttentionMask>) {
+        let d = self.qkv.in_dim;
+        let hd = d / self.heads;
+        let row = 3 * d as isize;
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        (0..b * self.heads).into_par_iter().for_each_init(
+            || vec![0f32; len * len],
+            |scores, task| {
+                let (s, h) = (task / self.heads, task % self.heads);
+                let base = s * len * 3 * d;
+                let q = qkv[base + h * hd..].as_ptr();
+                let k = qkv[base + d + h * hd..].as_ptr();
+                let v = qkv[base + 2 * d + h * hd..].as_ptr();
+                // SAFETY: q/k/v address rows of `qkv` inside this sequence; the output block
+                // (len rows × hd columns at h*hd of sequence s) is written by this task only.
+                unsafe {
+                    // scores (len, len) = q (len, hd) · kᵀ (hd, len); q is pre-scaled.
+                    gemm(len, len, hd, scores.as_mut_ptr(), 1, len as isize, false, q, 1, row, k, row, 1, 0.0, 1.0, false, false, false, Parallelism::None);
+                }
+                for i in 0..len {
+                    let r = &mut scores[i * len..(i + 1) * len];
+                    if let Some(m) = mask {
+                        let keep = &m.keep[s * len..(s + 1) * len];
+                        for (j, v) in r.iter_mut().enumerate() {
+                            if !keep[j] || (m.causal && j > i) {
+                                *v += MASKED;
+                            }
+                        }
+                    }
+                    let max = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for v in r.iter_mut() {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    }
+                    let inv = 1.0 / sum;
+                    r.iter_mut().for_each(|v| *v *= inv);
+                }
+                unsafe {
+                    let dst = out_ptr.get().add(s * len * d + h * hd);
+                    // out (len, hd) = probs (len, len) · v (len, hd).
+                    gemm(len, hd, len, dst, 1, d as isize, false, scores.as_ptr(), 1, len as isize, v, 1, row, 0.0, 1.0, false, false, false, Parallelism::None);
+                }
+            },
+        );
+    }
+}
+
+/// Buffers reused across the layers of one forward pass.
+#[derive(Default)]
+pub struct Scratch {
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+impl Scratch {
+    fn ensure(&mut self, m: usize, d: usize, inter: usize, _len: usize) {
+        for (buf, n) in [(&mut self.normed, m * d), (&mut self.qkv, 3 * m * d), (&mut self.attn, m * d), (&mut self.hidden, m * inter)] {
+            if buf.len() < n {
+                buf.resize(n, 0.0);
+            }
+        }
+    }
+}
