@@ -186,8 +186,6 @@ impl RankScratch {
         self.keys.extend(relevant.iter().map(|&j| rank_key(scores[j as usize], j)));
         self.keys.sort_unstable();
         let keys = &self.keys;
-        let first = keys[0];
-        let last = keys[n - 1];
 
         // Buckets over score values, linear between the highest and lowest finite relevant
         // scores: bucket(score) is non-increasing in the score, so bucket order never
@@ -387,7 +385,7 @@ mod tests {
 
     #[test]
     fn rank_key_orders_scores_descending_then_index() {
-        let mut v = vec![
+        let mut v = [
             (0.5f32, 3u32),
             (0.5, 1),
             (-0.0, 0),
@@ -458,7 +456,7 @@ mod tests {
         max_reduce(&raw, 5, &[0..1, 1..2], &[0..2, 2..2, 2..5], &mut out);
         assert_eq!(out, [5.0, f32::NEG_INFINITY, 3.0, 4.0, f32::NEG_INFINITY, 9.0]);
         let mut out = [0.0; 3];
-        max_reduce(&raw, 5, &[0..2], &[0..2, 2..2, 2..5], &mut out);
+        max_reduce(&raw, 5, std::slice::from_ref(&(0..2)), &[0..2, 2..2, 2..5], &mut out);
         assert_eq!(out, [5.0, f32::NEG_INFINITY, 9.0]);
     }
 
