@@ -23,9 +23,16 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn resolve(spec: &str, kind: ModelKind) -> anyhow::Result<Self> {
-        let ResolvedModel { dir, .. } = hub::resolve_model(spec, kind)?;
+        let ResolvedModel { dir, commit, .. } = hub::resolve_model(spec, kind)?;
         let config_hash = hub::config_fingerprint(&dir)?;
-        Ok(Self { spec: spec.to_string(), dir, config_hash })
+        // A local directory is recorded by its absolute path, so that an index built with
+        // `--clip ./models/clip` is searched from any working directory and matches the same
+        // checkpoint named another way. Hub ids stay as the user wrote them.
+        let spec = match commit {
+            Some(_) => spec.to_string(),
+            None => std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone()).display().to_string(),
+        };
+        Ok(Self { spec, dir, config_hash })
     }
 }
 

@@ -71,8 +71,15 @@ fn print_hits(hits: &[Hit], json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
     }
+    if hits.is_empty() {
+        eprintln!("no match: the gallery (or the --domain asked for) is empty");
+        return Ok(());
+    }
+    let domain_width = hits.iter().map(|h| h.domain.chars().count()).max().unwrap_or(0).max("domain".len());
+    println!("{:>4}  {:>7}  {:<domain_width$}  {}", "rank", "score", "domain", "path / caption");
     for h in hits {
-        println!("{:>3}  {:.4}  {}  [{}]  {}", h.rank, h.score, h.path, h.domain, h.caption);
+        println!("{:>4}  {:>7.4}  {:<domain_width$}  {}", h.rank, h.score, h.domain, h.path);
+        println!("{:>4}  {:>7}  {:<domain_width$}  \u{21b3} {}", "", "", "", h.caption);
     }
     Ok(())
 }
