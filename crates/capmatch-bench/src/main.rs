@@ -155,6 +155,13 @@ pub struct CaseResult {
     pub ratio: Option<f64>,
     pub calls_per_round: usize,
     pub errors: Vec<String>,
+    /// 1-minute load average when the case started (before its workers were spawned).
+    pub load: Option<f64>,
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 #[derive(Clone, Debug, Default)]
@@ -272,7 +279,7 @@ fn harness(cli: Cli) -> Result<()> {
         }
         let result = match prepare_case(&paths, &mut case, &real) {
             Ok(()) => run_case(&paths, &settings, case),
-            Err(e) => CaseResult { case, ours: None, reference: None, ratio: None, calls_per_round: 0, errors: vec![format!("{e:#}")] },
+            Err(e) => CaseResult { case, ours: None, reference: None, ratio: None, calls_per_round: 0, errors: vec![format!("{e:#}")], load: loadavg() },
         };
         report::print_case(&result);
         report.cases.push(result);
@@ -486,7 +493,8 @@ fn reference_command(paths: &Paths, settings: &Settings, case: &Case) -> Command
 /// Loads both workers (one after the other, so that loading never overlaps a timed round),
 /// then alternates rounds: ours, ref, ours, ref, ...
 fn run_case(paths: &Paths, settings: &Settings, case: Case) -> CaseResult {
-    let mut result = CaseResult { case: case.clone(), ours: None, reference: None, ratio: None, calls_per_round: 1, errors: Vec::new() };
+    let mut result =
+        CaseResult { case: case.clone(), ours: None, reference: None, ratio: None, calls_per_round: 1, errors: Vec::new(), load: loadavg() };
     eprintln!("[bench] {} · {} ...", case.workload.name(), case.label);
     let logs = paths.logs();
     let spawn_ours = || -> Result<_> {

@@ -169,13 +169,16 @@ impl Report {
         md.push_str(&self.summary_table());
         md.push_str("\n## Details\n\n");
         md.push_str(
-            "CPU = CPU time of the worker during its rounds ÷ wall time (2.0 = both cores busy). \
+            "Load = the 1-minute load average when the case started (a quiet machine reads below 1; \
+             PyTorch's OpenMP threads suffer far more than ours from other processes competing for the \
+             cores, so rows with a high load overstate the speed ratio). \
+             CPU = CPU time of the worker during its rounds ÷ wall time (2.0 = both cores busy). \
              Idle-side CPU = the largest share of a round the *other* (waiting) worker spent on the CPU; \
              near 0 means the interleaving did not make the sides compete. Peak RSS from `wait4` on each \
              worker process (model load included).\n\n",
         );
-        md.push_str("| workload | case | calls/round | rounds | capmatch per item (median, min–max) | reference per item | CPU ours / ref | idle-side CPU | peak RSS ours / ref | notes |\n");
-        md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        md.push_str("| workload | case | load | calls/round | rounds | capmatch per item (median, min–max) | reference per item | CPU ours / ref | idle-side CPU | peak RSS ours / ref | notes |\n");
+        md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in &self.cases {
             let per = |s: &Option<Side>| {
                 s.as_ref()
@@ -222,9 +225,10 @@ impl Report {
             }
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {rounds} | {} | {} | {} / {} | {:.2} | {} / {} | {} |",
+                "| {} | {} | {} | {} | {rounds} | {} | {} | {} / {} | {:.2} | {} / {} | {} |",
                 r.case.workload.name(),
                 r.case.label,
+                r.load.map(|l| format!("{l:.2}")).unwrap_or_default(),
                 r.calls_per_round,
                 per(&r.ours),
                 per(&r.reference),
