@@ -48,7 +48,7 @@ fn shape(class: &str, domain: usize, i: usize) -> RgbImage {
             let inside = match class {
                 "circle" => dx * dx + dy * dy <= r * r,
                 "square" => dx.abs() <= r && dy.abs() <= r,
-                "stripes" => (x / 6 + y / 6 + i as u32) % 2 == 0,
+                "stripes" => (x / 6 + y / 6 + i as u32).is_multiple_of(2),
                 _ => unreachable!(),
             };
             raw.extend_from_slice(&if inside { fg } else { bg });
