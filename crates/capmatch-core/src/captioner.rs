@@ -112,7 +112,8 @@ impl CaptionArch {
     }
 }
 
-/// The loaded network, one variant per [`CaptionArch`].
+/// The loaded network, one variant per [`CaptionArch`] (one per captioner: size is moot).
+#[allow(clippy::large_enum_variant)]
 enum CaptionModel {
     Blip(BlipForConditionalGeneration),
     /// The model and its generation defaults (text config + generation_config.json).

@@ -93,7 +93,7 @@ struct QFormerLayer {
 impl QFormerLayer {
     fn load(vb: VarBuilder, c: &Blip2QFormerConfig, index: usize) -> Result<Self> {
         let h = c.hidden_size;
-        let crossattention = if c.cross_attention_frequency > 0 && index % c.cross_attention_frequency == 0 {
+        let crossattention = if c.cross_attention_frequency > 0 && index.is_multiple_of(c.cross_attention_frequency) {
             Some(QFormerAttention::load(vb.pp("crossattention"), c, c.encoder_hidden_size)?)
         } else {
             None
