@@ -90,9 +90,10 @@ pub struct EmbedArgs {
 pub struct CaptionArgs {
     #[command(flatten)]
     pub captioner: CaptionerArg,
-    /// Text prompt the caption continues; empty for unconditional captioning.
-    #[arg(long, default_value = "a picture of")]
-    pub prompt: String,
+    /// Text prompt the caption continues; "" for unconditional captioning
+    /// [default: "a picture of" for BLIP, none for BLIP-2].
+    #[arg(long)]
+    pub prompt: Option<String>,
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     #[arg(long)]
@@ -100,8 +101,9 @@ pub struct CaptionArgs {
     /// Beam search with N beams (greedy when absent).
     #[arg(long)]
     pub beams: Option<usize>,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: Dtype,
+    /// Model precision [default: f32; BLIP-2 captioner weights bf16].
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
     #[arg(long)]
     pub json: bool,
     #[arg(required = true, value_name = "IMAGE")]
@@ -125,16 +127,19 @@ pub struct IndexArgs {
     /// Images per model batch.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    #[arg(long, default_value = "a picture of")]
-    pub prompt: String,
+    /// Text prompt the caption continues; "" for unconditional captioning
+    /// [default: "a picture of" for BLIP, none for BLIP-2].
+    #[arg(long)]
+    pub prompt: Option<String>,
     /// Forget indexed files that no longer exist.
     #[arg(long)]
     pub prune: bool,
     /// Largest decoded image (width × height) accepted; larger files are skipped.
     #[arg(long, default_value_t = 178_956_970)]
     pub max_pixels: u64,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: Dtype,
+    /// Model precision [default: f32; BLIP-2 captioner weights bf16].
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -227,10 +232,13 @@ pub struct EvalArgs {
     pub captioner: CaptionerArg,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    #[arg(long, default_value = "a picture of")]
-    pub prompt: String,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: Dtype,
+    /// Text prompt the caption continues; "" for unconditional captioning
+    /// [default: "a picture of" for BLIP, none for BLIP-2].
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Model precision [default: f32; BLIP-2 captioner weights bf16].
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
 }
 
 fn main() -> ExitCode {

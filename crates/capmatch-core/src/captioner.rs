@@ -112,6 +112,37 @@ impl CaptionArch {
     }
 }
 
+impl CaptionArch {
+    /// Reads the architecture of a checkpoint directory from its `config.json`.
+    pub fn of_checkpoint(dir: &Path) -> anyhow::Result<Self> {
+        let config_path = dir.join("config.json");
+        let text =
+            std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", config_path.display()))?;
+        Self::from_config(&config).with_context(|| format!("in {}", config_path.display()))
+    }
+
+    /// The precision the weights are held in unless the user asks otherwise: BLIP-2's
+    /// billions of parameters are kept in bf16 (half the memory: blip2-opt-2.7b fits well
+    /// under 24 GiB), BLIP is small enough for f32.
+    pub fn default_dtype(self) -> DType {
+        match self {
+            Self::Blip => DType::F32,
+            Self::Blip2Opt | Self::Blip2T5 => DType::BF16,
+        }
+    }
+
+    /// The prompt the captions continue unless the user gives one: BLIP's conventional
+    /// "a picture of"; none for BLIP-2, which the paper runs unconditionally.
+    pub fn default_prompt(self) -> &'static str {
+        match self {
+            Self::Blip => DEFAULT_PROMPT,
+            Self::Blip2Opt | Self::Blip2T5 => "",
+        }
+    }
+}
+
 /// The loaded network, one variant per [`CaptionArch`] (one per captioner: size is moot).
 #[allow(clippy::large_enum_variant)]
 enum CaptionModel {

@@ -21,9 +21,9 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<()> {
         anyhow::bail!("--beams must be at least 1");
     }
     let images = decode_all(&args.images)?;
-    let model = load_captioner(&args.captioner, args.dtype)?;
+    let (model, prompt) = load_captioner(&args.captioner, args.dtype, args.prompt.as_deref())?;
     let options = CaptionOptions {
-        prompt: args.prompt.clone(),
+        prompt,
         max_new_tokens: args.max_new_tokens,
         min_new_tokens: args.min_new_tokens,
         num_beams: args.beams,

@@ -19,7 +19,7 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     // Checkpoints are resolved now (their identity is checked against the index before any
     // work) but loaded only if some image needs the models.
-    let mut models = LazyGalleryModels::new(&args.clip, &args.captioner, &args.prompt, args.dtype)?;
+    let mut models = LazyGalleryModels::new(&args.clip, &args.captioner, args.prompt.as_deref(), args.dtype)?;
     let mut store =
         SqliteStore::open(&args.db).with_context(|| format!("cannot open the index {}", args.db.display()))?;
     let options = IndexOptions {

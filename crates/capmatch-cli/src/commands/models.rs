@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use capmatch_core::captioner::{CaptionOptions, Captioner};
+use capmatch_core::captioner::{CaptionArch, CaptionOptions, Captioner};
 use capmatch_core::embedder::ClipEmbedder;
 use capmatch_core::hub::{self, ModelKind, ResolvedModel};
 use capmatch_core::image_io::{decode_file, DecodeLimits};
@@ -41,9 +41,34 @@ pub fn load_clip(arg: &ClipArg, dtype: Dtype) -> anyhow::Result<ClipEmbedder> {
     load_clip_from(&checkpoint.dir, dtype)
 }
 
-pub fn load_captioner(arg: &CaptionerArg, dtype: Dtype) -> anyhow::Result<Captioner> {
+/// A captioner and the prompt to use with it: the user's choices where given, else the
+/// architecture's defaults (see [`CaptionerDefaults`]).
+pub fn load_captioner(arg: &CaptionerArg, dtype: Option<Dtype>, prompt: Option<&str>) -> anyhow::Result<(Captioner, String)> {
     let checkpoint = Checkpoint::resolve(&arg.captioner, ModelKind::Captioner)?;
-    load_captioner_from(&checkpoint.dir, dtype)
+    let settings = CaptionerDefaults::of(&checkpoint)?.apply(dtype, prompt);
+    Ok((load_captioner_from(&checkpoint.dir, settings.0)?, settings.1))
+}
+
+/// What a captioner runs with unless told otherwise: BLIP in f32 with "a picture of",
+/// BLIP-2 in bf16 with no prompt (its weights are billions of parameters).
+pub struct CaptionerDefaults {
+    arch: CaptionArch,
+}
+
+impl CaptionerDefaults {
+    pub fn of(checkpoint: &Checkpoint) -> anyhow::Result<Self> {
+        Ok(Self { arch: CaptionArch::of_checkpoint(&checkpoint.dir)? })
+    }
+
+    /// The dtype and prompt to use, given what the user asked for.
+    pub fn apply(&self, dtype: Option<Dtype>, prompt: Option<&str>) -> (Dtype, String) {
+        let default_dtype = match self.arch.default_dtype() {
+            capmatch_core::DType::BF16 => Dtype::Bf16,
+            capmatch_core::DType::F16 => Dtype::F16,
+            _ => Dtype::F32,
+        };
+        (dtype.unwrap_or(default_dtype), prompt.unwrap_or(self.arch.default_prompt()).to_string())
+    }
 }
 
 fn load_clip_from(dir: &Path, dtype: Dtype) -> anyhow::Result<ClipEmbedder> {
@@ -72,18 +97,29 @@ pub fn decode_all(paths: &[PathBuf]) -> anyhow::Result<Vec<RgbImage>> {
 pub struct LazyGalleryModels {
     clip: Checkpoint,
     captioner: Checkpoint,
-    dtype: Dtype,
+    clip_dtype: Dtype,
+    captioner_dtype: Dtype,
     options: CaptionOptions,
     loaded: Option<(ClipEmbedder, Captioner)>,
 }
 
 impl LazyGalleryModels {
-    pub fn new(clip: &ClipArg, captioner: &CaptionerArg, prompt: &str, dtype: Dtype) -> anyhow::Result<Self> {
+    /// `dtype` and `prompt` default as for `capmatch caption` (CLIP runs in f32 by default).
+    pub fn new(
+        clip: &ClipArg,
+        captioner: &CaptionerArg,
+        prompt: Option<&str>,
+        dtype: Option<Dtype>,
+    ) -> anyhow::Result<Self> {
+        let clip = Checkpoint::resolve(&clip.clip, ModelKind::Clip)?;
+        let captioner = Checkpoint::resolve(&captioner.captioner, ModelKind::Captioner)?;
+        let (captioner_dtype, prompt) = CaptionerDefaults::of(&captioner)?.apply(dtype, prompt);
         Ok(Self {
-            clip: Checkpoint::resolve(&clip.clip, ModelKind::Clip)?,
-            captioner: Checkpoint::resolve(&captioner.captioner, ModelKind::Captioner)?,
-            dtype,
-            options: CaptionOptions { prompt: prompt.to_string(), ..CaptionOptions::default() },
+            clip,
+            captioner,
+            clip_dtype: dtype.unwrap_or(Dtype::F32),
+            captioner_dtype,
+            options: CaptionOptions { prompt, ..CaptionOptions::default() },
             loaded: None,
         })
     }
@@ -91,8 +127,8 @@ impl LazyGalleryModels {
     fn models(&mut self) -> anyhow::Result<&(ClipEmbedder, Captioner)> {
         if self.loaded.is_none() {
             tracing::info!("loading {} and {}", self.clip.spec, self.captioner.spec);
-            let clip = load_clip_from(&self.clip.dir, self.dtype)?;
-            let captioner = load_captioner_from(&self.captioner.dir, self.dtype)?;
+            let clip = load_clip_from(&self.clip.dir, self.clip_dtype)?;
+            let captioner = load_captioner_from(&self.captioner.dir, self.captioner_dtype)?;
             self.loaded = Some((clip, captioner));
         }
         Ok(self.loaded.as_ref().expect("just loaded"))
