@@ -358,13 +358,9 @@ mod bf16x86 {
             let (k, n, k2) = (self.k, self.n, self.k.div_ceil(2));
             // Activations as bf16 pairs (one u32 per pair of k), row-major.
             let mut a = vec![0u32; m * k2];
-            a.par_chunks_mut(k2).zip(x.par_chunks(k)).for_each(|(ar, xr)| {
-                for (kp, v) in ar.iter_mut().enumerate() {
-                    let lo = bf16_bits(xr[2 * kp]) as u32;
-                    let hi = if 2 * kp + 1 < k { bf16_bits(xr[2 * kp + 1]) as u32 } else { 0 };
-                    *v = lo | (hi << 16);
-                }
-            });
+            // (Little-endian: a pair is simply two consecutive bf16 values.)
+            // SAFETY: feature checked by `available`; each row of `a` holds 2 * k2 >= k u16s.
+            a.par_chunks_mut(k2).zip(x.par_chunks(k)).for_each(|(ar, xr)| unsafe { row_to_bf16(xr, ar.as_mut_ptr() as *mut u16) });
             let dst_ptr = super::SendPtr(dst.as_mut_ptr());
             let groups = n.div_ceil(GROUP);
             (0..groups).into_par_iter().for_each(|g| {
@@ -381,6 +377,21 @@ mod bf16x86 {
                     r += rows;
                 }
             });
+        }
+    }
+
+    /// Rounds a row to bf16 (nearest-even, `vcvtneps2bf16`), 16 values per instruction;
+    /// the pad after an odd k stays zero.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn row_to_bf16(x: &[f32], out: *mut u16) {
+        let mut i = 0;
+        while i + 16 <= x.len() {
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(i))));
+            _mm256_storeu_si256(out.add(i) as *mut __m256i, h);
+            i += 16;
+        }
+        for (j, &v) in x.iter().enumerate().skip(i) {
+            *out.add(j) = bf16_bits(v);
         }
     }
 
