@@ -12,7 +12,7 @@
 //! similarity. Attention scores, the mask and the softmax are computed in f32 whatever the
 //! weights' dtype (as transformers' eager attention does with `softmax(dtype=float32)`).
 
-use candle_core::{DType, IndexOp, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -371,26 +371,33 @@ impl Encoder {
         })
     }
 
-    /// `xs`: (B, N, D) in the model's dtype; returns the same shape and dtype.
-    fn forward(&self, xs: &Tensor, mask: Option<&AttentionMask>) -> Result<Tensor> {
+    /// `xs`: (B, N, D) in the model's dtype; returns the final states at position
+    /// `pooled[s]` of each sequence s, (B, D) in the same dtype (all the towers use).
+    fn forward(&self, xs: &Tensor, mask: Option<&AttentionMask>, pooled: &[usize]) -> Result<Tensor> {
+        let (b, n, d) = xs.dims3()?;
         match self {
             Self::Candle(layers) => {
-                let (b, n, _) = xs.dims3()?;
                 let mask = mask.map(|m| causal_padding_mask(b, n, m, xs.device())).transpose()?;
                 let mut xs = xs.clone();
                 for layer in layers {
                     xs = layer.forward(&xs, mask.as_ref())?;
                 }
-                Ok(xs)
+                let index: Vec<u32> = pooled.iter().enumerate().map(|(s, &p)| (s * n + p) as u32).collect();
+                xs.reshape((b * n, d))?.index_select(&Tensor::from_vec(index, b, xs.device())?, 0)
             }
             Self::Cpu(layers) => {
-                let (b, n, d) = xs.dims3()?;
                 let mut x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 let mut scratch = Scratch::default();
-                for layer in layers {
+                let Some((last, rest)) = layers.split_last() else {
+                    let index: Vec<u32> = pooled.iter().enumerate().map(|(s, &p)| (s * n + p) as u32).collect();
+                    return xs.reshape((b * n, d))?.index_select(&Tensor::from_vec(index, b, xs.device())?, 0);
+                };
+                for layer in rest {
                     layer.forward(&mut x, b, n, mask, &mut scratch)?;
                 }
-                Tensor::from_vec(x, (b, n, d), xs.device())?.to_dtype(xs.dtype())
+                // Nothing reads the other positions after the last layer: compute only these.
+                let out = last.forward_pooled(&x, b, n, pooled, mask, &mut scratch)?;
+                Tensor::from_vec(out, (b, d), xs.device())?.to_dtype(xs.dtype())
             }
         }
     }
@@ -461,13 +468,6 @@ impl ClipTextTransformer {
             candle_core::bail!("sequence of {len} tokens exceeds max_position_embeddings {}", self.max_position_embeddings);
         }
         let input_ids = input_ids.to_dtype(DType::U32)?;
-        let positions = Tensor::arange(0u32, len as u32, input_ids.device())?;
-        let xs = self
-            .token_embedding
-            .forward(&input_ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
-
-        // Causal mask combined with the padding mask on keys, as `create_causal_mask` does.
         let keep: Vec<bool> = match attention_mask {
             Some(m) => {
                 if m.dims2()? != (b, len) {
@@ -477,15 +477,24 @@ impl ClipTextTransformer {
             }
             None => vec![true; b * len],
         };
-        let mask = AttentionMask { causal: true, keep };
-        let xs = self.encoder.forward(&xs, Some(&mask))?;
-        let xs = self.final_layer_norm.forward(&xs)?;
+        let pooled = self.pooled_positions(&input_ids.to_vec2::<u32>()?);
 
-        let rows = input_ids.to_vec2::<u32>()?;
-        let index: Vec<u32> =
-            self.pooled_positions(&rows).iter().enumerate().map(|(i, &p)| (i * len + p) as u32).collect();
-        let index = Tensor::from_vec(index, b, xs.device())?;
-        xs.reshape((b * len, ()))?.index_select(&index, 0)
+        // Attention is causal, so positions after the last pooled one cannot change any pooled
+        // state: drop them (padding of the longest captions) before running the encoder.
+        let used = pooled.iter().max().map_or(len, |&p| p + 1);
+        let input_ids = input_ids.narrow(1, 0, used)?;
+        let keep: Vec<bool> = keep.chunks(len).flat_map(|row| row[..used].iter().copied()).collect();
+
+        let positions = Tensor::arange(0u32, used as u32, input_ids.device())?;
+        let xs = self
+            .token_embedding
+            .forward(&input_ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+
+        // Causal mask combined with the padding mask on keys, as `create_causal_mask` does.
+        let mask = AttentionMask { causal: true, keep };
+        let xs = self.encoder.forward(&xs, Some(&mask), &pooled)?;
+        self.final_layer_norm.forward(&xs)
     }
 }
 
@@ -572,8 +581,9 @@ impl ClipVisionTransformer {
         let xs = Tensor::cat(&[&class, &patch_embeds], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
 
         let xs = self.pre_layrnorm.forward(&xs)?;
-        let xs = self.encoder.forward(&xs, None)?;
-        self.post_layernorm.forward(&xs.i((.., 0, ..))?.contiguous()?)
+        // Pooled at the class token.
+        let xs = self.encoder.forward(&xs, None, &vec![0; b])?;
+        self.post_layernorm.forward(&xs)
     }
 }
 

@@ -206,16 +206,47 @@ impl CpuEncoderLayer {
     pub fn forward(&self, x: &mut [f32], b: usize, len: usize, mask: Option<&AttentionMask>, scratch: &mut Scratch) -> Result<()> {
         let d = self.qkv.in_dim;
         let m = b * len;
-        scratch.ensure(m, d, self.fc1.out_dim, len);
-        let Scratch { normed, qkv, attn, hidden, .. } = scratch;
+        scratch.ensure(m, d, self.fc1.out_dim);
+        let Scratch { normed, qkv, attn, hidden } = scratch;
         let (normed, qkv, attn, hidden) =
             (&mut normed[..m * d], &mut qkv[..m * 3 * d], &mut attn[..m * d], &mut hidden[..m * self.fc1.out_dim]);
 
         self.ln1.forward_into(x, normed);
         self.qkv.forward_into(normed, m, qkv, false);
-        self.attention(qkv, attn, b, len, mask);
+        self.attention(qkv, attn, b, len, None, mask);
         self.out_proj.forward_into(attn, m, x, true);
+        self.mlp(x, m, normed, hidden)
+    }
 
+    /// The layer's output at one position per sequence only (`pooled[s]`), as (B, D): what
+    /// the last layer of a tower needs before pooling. Keys and values still come from every
+    /// position, but the attention queries, `out_proj` and the MLP run on B rows, not B·L.
+    pub fn forward_pooled(
+        &self,
+        x: &[f32],
+        b: usize,
+        len: usize,
+        pooled: &[usize],
+        mask: Option<&AttentionMask>,
+        scratch: &mut Scratch,
+    ) -> Result<Vec<f32>> {
+        let d = self.qkv.in_dim;
+        let m = b * len;
+        scratch.ensure(m, d, self.fc1.out_dim);
+        let Scratch { normed, qkv, attn, hidden } = scratch;
+        let (normed, qkv) = (&mut normed[..m * d], &mut qkv[..m * 3 * d]);
+        self.ln1.forward_into(x, normed);
+        self.qkv.forward_into(normed, m, qkv, false);
+        let attn = &mut attn[..b * d];
+        self.attention(qkv, attn, b, len, Some(pooled), mask);
+        let mut out: Vec<f32> = pooled.iter().enumerate().flat_map(|(s, &p)| x[(s * len + p) * d..][..d].iter().copied()).collect();
+        self.out_proj.forward_into(attn, b, &mut out, true);
+        self.mlp(&mut out, b, &mut normed[..b * d], &mut hidden[..b * self.fc1.out_dim])?;
+        Ok(out)
+    }
+
+    /// `x += mlp(ln2(x))` on `m` rows.
+    fn mlp(&self, x: &mut [f32], m: usize, normed: &mut [f32], hidden: &mut [f32]) -> Result<()> {
         self.ln2.forward_into(x, normed);
         self.fc1.forward_into(normed, m, hidden, false);
         activate(self.act, hidden, self.fc1.out_dim)?;
@@ -224,33 +255,36 @@ impl CpuEncoderLayer {
     }
 
     /// softmax(q kᵀ + mask) v for every (sequence, head), reading q/k/v in place from the
-    /// (B·L, 3D) projections and writing each head's columns of `out` (B·L, D) directly —
-    /// no head transposes or copies.
-    fn attention(&self, qkv: &[f32], out: &mut [f32], b: usize, len: usize, mask: Option<&AttentionMask>) {
+    /// (B·L, 3D) projections and writing each head's columns of `out` directly — no head
+    /// transposes or copies. Queries are every position (`out` is (B·L, D)), or only
+    /// `pooled[s]` of each sequence (`out` is (B, D)).
+    fn attention(&self, qkv: &[f32], out: &mut [f32], b: usize, len: usize, pooled: Option<&[usize]>, mask: Option<&AttentionMask>) {
         let d = self.qkv.in_dim;
         let hd = d / self.heads;
         let row = 3 * d as isize;
+        let nq = if pooled.is_some() { 1 } else { len };
         let out_ptr = SendPtr(out.as_mut_ptr());
         (0..b * self.heads).into_par_iter().for_each_init(
-            || vec![0f32; len * len],
+            || vec![0f32; nq * len],
             |scores, task| {
                 let (s, h) = (task / self.heads, task % self.heads);
+                let q0 = pooled.map_or(0, |p| p[s]);
                 let base = s * len * 3 * d;
-                let q = qkv[base + h * hd..].as_ptr();
+                let q = qkv[base + q0 * 3 * d + h * hd..].as_ptr();
                 let k = qkv[base + d + h * hd..].as_ptr();
                 let v = qkv[base + 2 * d + h * hd..].as_ptr();
                 // SAFETY: q/k/v address rows of `qkv` inside this sequence; the output block
-                // (len rows × hd columns at h*hd of sequence s) is written by this task only.
+                // (nq rows × hd columns at h*hd of sequence s) is written by this task only.
                 unsafe {
-                    // scores (len, len) = q (len, hd) · kᵀ (hd, len); q is pre-scaled.
-                    gemm(len, len, hd, scores.as_mut_ptr(), 1, len as isize, false, q, 1, row, k, row, 1, 0.0, 1.0, false, false, false, Parallelism::None);
+                    // scores (nq, len) = q (nq, hd) · kᵀ (hd, len); q is pre-scaled.
+                    gemm(nq, len, hd, scores.as_mut_ptr(), 1, len as isize, false, q, 1, row, k, row, 1, 0.0, 1.0, false, false, false, Parallelism::None);
                 }
-                for i in 0..len {
+                for i in 0..nq {
                     let r = &mut scores[i * len..(i + 1) * len];
                     if let Some(m) = mask {
                         let keep = &m.keep[s * len..(s + 1) * len];
                         for (j, v) in r.iter_mut().enumerate() {
-                            if !keep[j] || (m.causal && j > i) {
+                            if !keep[j] || (m.causal && j > q0 + i) {
                                 *v += MASKED;
                             }
                         }
@@ -265,9 +299,9 @@ impl CpuEncoderLayer {
                     r.iter_mut().for_each(|v| *v *= inv);
                 }
                 unsafe {
-                    let dst = out_ptr.get().add(s * len * d + h * hd);
-                    // out (len, hd) = probs (len, len) · v (len, hd).
-                    gemm(len, hd, len, dst, 1, d as isize, false, scores.as_ptr(), 1, len as isize, v, 1, row, 0.0, 1.0, false, false, false, Parallelism::None);
+                    let dst = out_ptr.get().add(s * nq * d + h * hd);
+                    // out (nq, hd) = probs (nq, len) · v (len, hd).
+                    gemm(nq, hd, len, dst, 1, d as isize, false, scores.as_ptr(), 1, len as isize, v, 1, row, 0.0, 1.0, false, false, false, Parallelism::None);
                 }
             },
         );
@@ -284,7 +318,7 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    fn ensure(&mut self, m: usize, d: usize, inter: usize, _len: usize) {
+    fn ensure(&mut self, m: usize, d: usize, inter: usize) {
         for (buf, n) in [(&mut self.normed, m * d), (&mut self.qkv, 3 * m * d), (&mut self.attn, m * d), (&mut self.hidden, m * inter)] {
             if buf.len() < n {
                 buf.resize(n, 0.0);
