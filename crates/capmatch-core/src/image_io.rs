@@ -36,7 +36,8 @@ use std::sync::Once;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, RgbImage, RgbaImage};
 
 /// File extensions (lower case, no dot) the indexer treats as images.
-pub const SUPPORTED_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "svg"];
+pub const SUPPORTED_EXTENSIONS: &[&str] =
+    &["jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "gif", "bmp", "dib", "tif", "tiff", "svg"];
 
 /// The longest side, in pixels, an SVG is rasterised at (larger drawings are scaled down).
 pub const SVG_MAX_SIDE: u32 = 4096;

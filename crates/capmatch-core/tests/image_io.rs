@@ -515,7 +515,10 @@ fn decoder_panics_become_errors() {
 
 #[test]
 fn indexer_extension_list() {
-    assert_eq!(SUPPORTED_EXTENSIONS, &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "svg"]);
+    assert_eq!(
+        SUPPORTED_EXTENSIONS,
+        &["jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "gif", "bmp", "dib", "tif", "tiff", "svg"]
+    );
     for ext in SUPPORTED_EXTENSIONS {
         assert!(is_image_path(format!("dir/a.{ext}")));
         assert!(is_image_path(format!("dir/a.{}", ext.to_uppercase())));

@@ -9,8 +9,6 @@
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
-/// File extensions (lower case) taken as images.
-pub const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "jfif"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
@@ -59,12 +57,8 @@ impl Dataset {
     }
 }
 
-pub fn is_image_path(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        .unwrap_or(false)
-}
+/// Images are the files `capmatch index` would index: one extension list for both.
+pub use capmatch_core::image_io::is_image_path;
 
 fn hidden(name: &str) -> bool {
     name.starts_with('.')

@@ -11,16 +11,9 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::Context;
 
-/// Extensions of the formats capmatch decodes (JPEG, PNG, WebP, GIF, BMP, TIFF, SVG).
-pub const IMAGE_EXTENSIONS: &[&str] =
-    &["jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "gif", "bmp", "dib", "tif", "tiff", "svg", "svgz"];
-
-/// Whether a path names an image capmatch tries to decode.
-pub fn is_candidate(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|known| e.eq_ignore_ascii_case(known)))
-}
+/// Whether a path names an image capmatch tries to decode: the extensions decoding supports
+/// (one list, in `capmatch_core::image_io`, shared with the dataset walk of `eval`).
+pub use capmatch_core::image_io::is_image_path as is_candidate;
 
 /// A file to consider, with the stat used for change detection.
 #[derive(Clone, Debug, PartialEq, Eq)]
