@@ -68,6 +68,25 @@ pub struct CaptionerArg {
     pub captioner: String,
 }
 
+/// The models that index a gallery (`index`, `eval`) and how they run.
+#[derive(Args, Debug, Clone)]
+pub struct GalleryModelArgs {
+    #[command(flatten)]
+    pub clip: ClipArg,
+    #[command(flatten)]
+    pub captioner: CaptionerArg,
+    /// Images per model batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Text prompt the caption continues; "" for unconditional captioning
+    /// [default: "a picture of" for BLIP, none for BLIP-2].
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Model precision [default: f32; BLIP-2 captioner weights bf16].
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
+}
+
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("inputs").required(true).args(["image", "text"]))]
 pub struct EmbedArgs {
@@ -121,25 +140,13 @@ pub struct IndexArgs {
     #[arg(long)]
     pub domain: Option<String>,
     #[command(flatten)]
-    pub clip: ClipArg,
-    #[command(flatten)]
-    pub captioner: CaptionerArg,
-    /// Images per model batch.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Text prompt the caption continues; "" for unconditional captioning
-    /// [default: "a picture of" for BLIP, none for BLIP-2].
-    #[arg(long)]
-    pub prompt: Option<String>,
+    pub models: GalleryModelArgs,
     /// Forget indexed files that no longer exist.
     #[arg(long)]
     pub prune: bool,
     /// Largest decoded image (width × height) accepted; larger files are skipped.
     #[arg(long, default_value_t = 178_956_970)]
     pub max_pixels: u64,
-    /// Model precision [default: f32; BLIP-2 captioner weights bf16].
-    #[arg(long, value_enum)]
-    pub dtype: Option<Dtype>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -227,18 +234,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub clip: ClipArg,
-    #[command(flatten)]
-    pub captioner: CaptionerArg,
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Text prompt the caption continues; "" for unconditional captioning
-    /// [default: "a picture of" for BLIP, none for BLIP-2].
-    #[arg(long)]
-    pub prompt: Option<String>,
-    /// Model precision [default: f32; BLIP-2 captioner weights bf16].
-    #[arg(long, value_enum)]
-    pub dtype: Option<Dtype>,
+    pub models: GalleryModelArgs,
 }
 
 fn main() -> ExitCode {

@@ -12,6 +12,7 @@
 //! similarity. Attention scores, the mask and the softmax are computed in f32 whatever the
 //! weights' dtype (as transformers' eager attention does with `softmax(dtype=float32)`).
 
+pub use crate::TokenIds;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
@@ -47,23 +48,6 @@ impl HiddenAct {
             Self::GeluTanh => xs.gelu(),
             Self::Relu => xs.relu(),
             Self::Silu => xs.silu(),
-        }
-    }
-}
-
-/// `eos_token_id` may be an int or (transformers ≥ 5) a list of ints.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum TokenIds {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl TokenIds {
-    pub fn contains(&self, id: u32) -> bool {
-        match self {
-            Self::One(x) => *x == id,
-            Self::Many(v) => v.contains(&id),
         }
     }
 }

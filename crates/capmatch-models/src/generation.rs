@@ -54,6 +54,7 @@
 //! masking) including its batch-level loop condition, so batched results equal
 //! transformers' batched results.
 
+pub use crate::TokenIds;
 use candle_core::{DType, Result, Tensor};
 use serde::Deserialize;
 
@@ -92,23 +93,6 @@ impl<'de> Deserialize<'de> for EarlyStopping {
             Raw::B(false) => Ok(Self::False),
             Raw::S(s) if s == "never" => Ok(Self::Never),
             Raw::S(s) => Err(serde::de::Error::custom(format!("early_stopping must be true, false or \"never\", got {s:?}"))),
-        }
-    }
-}
-
-/// One token id or several (`eos_token_id` may be a list).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum TokenIds {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl TokenIds {
-    pub fn to_vec(&self) -> Vec<u32> {
-        match self {
-            Self::One(t) => vec![*t],
-            Self::Many(v) => v.clone(),
         }
     }
 }

@@ -10,3 +10,28 @@ pub mod blip2;
 pub mod clip;
 pub mod ops;
 pub mod generation;
+
+/// A token-id field of a checkpoint's config (`eos_token_id`, `forced_eos_token_id`…):
+/// one id, or since transformers 5 possibly a list of ids.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn contains(&self, id: u32) -> bool {
+        match self {
+            Self::One(x) => *x == id,
+            Self::Many(v) => v.contains(&id),
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Self::One(t) => vec![*t],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}

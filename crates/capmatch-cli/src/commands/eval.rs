@@ -187,7 +187,7 @@ impl IndexObserver for IndexProgress {
 /// folders (so unselected classes are never captioned). Returns the runs' summed report.
 fn index_dataset(args: &EvalArgs, dataset: &Dataset, store: &mut SqliteStore) -> anyhow::Result<IndexReport> {
     let mut models: Box<dyn GalleryModels> =
-        Box::new(super::models::LazyGalleryModels::new(&args.clip, &args.captioner, args.prompt.as_deref(), args.dtype)?);
+        Box::new(super::models::LazyGalleryModels::new(&args.models)?);
     let bar = if std::io::stderr().is_terminal() { progress_bar(0, "images") } else { ProgressBar::hidden() };
     let observer = IndexProgress { bar, base: Default::default(), domain: Default::default() };
     let mut total = IndexReport::default();
@@ -200,7 +200,7 @@ fn index_dataset(args: &EvalArgs, dataset: &Dataset, store: &mut SqliteStore) ->
         }
         let mut options = IndexOptions::new(roots);
         options.domain = Some(domain.clone());
-        options.batch_size = args.batch.max(1);
+        options.batch_size = args.models.batch.max(1);
         *observer.domain.borrow_mut() = domain.clone();
         observer.base.set(observer.bar.position());
         let r = index_folders(store, models.as_mut(), &options, &observer)

@@ -19,13 +19,13 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     // Checkpoints are resolved now (their identity is checked against the index before any
     // work) but loaded only if some image needs the models.
-    let mut models = LazyGalleryModels::new(&args.clip, &args.captioner, args.prompt.as_deref(), args.dtype)?;
+    let mut models = LazyGalleryModels::new(&args.models)?;
     let mut store =
         SqliteStore::open(&args.db).with_context(|| format!("cannot open the index {}", args.db.display()))?;
     let options = IndexOptions {
         roots: args.dirs.clone(),
         domain: args.domain.clone(),
-        batch_size: args.batch.max(1),
+        batch_size: args.models.batch.max(1),
         limits: DecodeLimits { max_pixels: args.max_pixels, ..Default::default() },
         prune: args.prune,
         decode_threads: 0,

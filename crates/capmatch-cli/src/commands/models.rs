@@ -12,7 +12,7 @@ use capmatch_core::image_io::{decode_file, DecodeLimits};
 use capmatch_core::RgbImage;
 use capmatch_index::{GalleryModels, ModelIdentity};
 
-use crate::{CaptionerArg, ClipArg, Dtype};
+use crate::{CaptionerArg, ClipArg, Dtype, GalleryModelArgs};
 
 /// A checkpoint found on disk (or in the cache), not loaded yet, with its config hash.
 pub struct Checkpoint {
@@ -105,15 +105,11 @@ pub struct LazyGalleryModels {
 
 impl LazyGalleryModels {
     /// `dtype` and `prompt` default as for `capmatch caption` (CLIP runs in f32 by default).
-    pub fn new(
-        clip: &ClipArg,
-        captioner: &CaptionerArg,
-        prompt: Option<&str>,
-        dtype: Option<Dtype>,
-    ) -> anyhow::Result<Self> {
-        let clip = Checkpoint::resolve(&clip.clip, ModelKind::Clip)?;
-        let captioner = Checkpoint::resolve(&captioner.captioner, ModelKind::Captioner)?;
-        let (captioner_dtype, prompt) = CaptionerDefaults::of(&captioner)?.apply(dtype, prompt);
+    pub fn new(args: &GalleryModelArgs) -> anyhow::Result<Self> {
+        let clip = Checkpoint::resolve(&args.clip.clip, ModelKind::Clip)?;
+        let captioner = Checkpoint::resolve(&args.captioner.captioner, ModelKind::Captioner)?;
+        let dtype = args.dtype;
+        let (captioner_dtype, prompt) = CaptionerDefaults::of(&captioner)?.apply(dtype, args.prompt.as_deref());
         Ok(Self {
             clip,
             captioner,
