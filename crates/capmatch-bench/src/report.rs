@@ -169,8 +169,8 @@ impl Report {
         md.push_str(&self.summary_table());
         md.push_str("\n## Details\n\n");
         md.push_str(
-            "Load = the 1-minute load average when the case started (a quiet machine reads below 1; \
-             PyTorch's OpenMP threads suffer far more than ours from other processes competing for the \
+            "Load = the 1-minute load average when the case started (it includes the previous case's \
+             workers, so a machine otherwise quiet reads about 1–2 on 2 cores; PyTorch's OpenMP threads suffer far more than ours from other processes competing for the \
              cores, so rows with a high load overstate the speed ratio). \
              CPU = CPU time of the worker during its rounds ÷ wall time (2.0 = both cores busy). \
              Idle-side CPU = the largest share of a round the *other* (waiting) worker spent on the CPU; \
