@@ -16,10 +16,13 @@
 //! `text_decoder.cls.…`).
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use crate::clip::HiddenAct;
 use crate::generation::{StepDecoder, TokenIds};
+use crate::layers::{get_compute, layer_norm, Emb, Lin};
+use crate::ops::{encode_all, CpuEncoderLayer};
 
 /// An `int` or a `[height, width]` pair (BlipVisionConfig's `image_size` / `patch_size`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -204,11 +207,11 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tenso
 // ---------------------------------------------------------------------------------------
 
 struct VisionLayer {
-    qkv: Linear,
-    projection: Linear,
+    qkv: Lin,
+    projection: Lin,
     layer_norm1: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Lin,
+    fc2: Lin,
     layer_norm2: LayerNorm,
     heads: usize,
     act: String,
@@ -218,12 +221,12 @@ impl VisionLayer {
     fn load(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            qkv: candle_nn::linear(h, 3 * h, vb.pp("self_attn.qkv"))?,
-            projection: candle_nn::linear(h, h, vb.pp("self_attn.projection"))?,
-            layer_norm1: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
-            fc1: candle_nn::linear(h, cfg.intermediate_size, vb.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear(cfg.intermediate_size, h, vb.pp("mlp.fc2"))?,
-            layer_norm2: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            qkv: Lin::load(h, 3 * h, true, vb.pp("self_attn.qkv"))?,
+            projection: Lin::load(h, h, true, vb.pp("self_attn.projection"))?,
+            layer_norm1: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            fc1: Lin::load(h, cfg.intermediate_size, true, vb.pp("mlp.fc1"))?,
+            fc2: Lin::load(cfg.intermediate_size, h, true, vb.pp("mlp.fc2"))?,
+            layer_norm2: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
             heads: cfg.num_attention_heads,
             act: cfg.hidden_act.clone(),
         })
@@ -257,9 +260,16 @@ pub struct BlipVisionModel {
     patch_bias: Tensor,
     patch: usize,
     position_embedding: Tensor,
-    layers: Vec<VisionLayer>,
+    encoder: VisionEncoder,
     post_layernorm: LayerNorm,
     config: BlipVisionConfig,
+}
+
+/// The encoder layers: the fused f32/bf16 kernels of [`crate::ops`] on the CPU, candle
+/// ops elsewhere (or for an activation those kernels lack).
+enum VisionEncoder {
+    Candle(Vec<VisionLayer>),
+    Cpu(Vec<CpuEncoderLayer>),
 }
 
 impl BlipVisionModel {
@@ -274,16 +284,26 @@ impl BlipVisionModel {
         let num_positions = (ih / ph) * (iw / pw) + 1;
         let emb = vb.pp("embeddings");
         let pe = emb.pp("patch_embedding");
+        let layer_vb = |i: usize| vb.pp(format!("encoder.layers.{i}"));
+        let encoder = match HiddenAct::from_name(&cfg.hidden_act) {
+            Some(act) if vb.device().is_cpu() => VisionEncoder::Cpu(
+                (0..cfg.num_hidden_layers)
+                    .map(|i| {
+                        let (inter, heads, eps) = (cfg.intermediate_size, cfg.num_attention_heads, cfg.layer_norm_eps);
+                        CpuEncoderLayer::load_fused_qkv(layer_vb(i), h, inter, heads, act, eps, true)
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            _ => VisionEncoder::Candle((0..cfg.num_hidden_layers).map(|i| VisionLayer::load(cfg, layer_vb(i))).collect::<Result<_>>()?),
+        };
         Ok(Self {
-            class_embedding: emb.get((1, 1, h), "class_embedding")?,
-            patch_weight: pe.get((h, 3, ph, pw), "weight")?.reshape((h, 3 * ph * pw))?,
-            patch_bias: pe.get(h, "bias")?,
+            class_embedding: get_compute(&emb, (1, 1, h), "class_embedding")?,
+            patch_weight: get_compute(&pe, (h, 3, ph, pw), "weight")?.reshape((h, 3 * ph * pw))?,
+            patch_bias: get_compute(&pe, h, "bias")?,
             patch: ph,
-            position_embedding: emb.get((1, num_positions, h), "position_embedding")?,
-            layers: (0..cfg.num_hidden_layers)
-                .map(|i| VisionLayer::load(cfg, vb.pp(format!("encoder.layers.{i}"))))
-                .collect::<Result<_>>()?,
-            post_layernorm: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
+            position_embedding: get_compute(&emb, (1, num_positions, h), "position_embedding")?,
+            encoder,
+            post_layernorm: layer_norm(h, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
             config: cfg.clone(),
         })
     }
@@ -292,7 +312,8 @@ impl BlipVisionModel {
         &self.config
     }
 
-    /// The dtype of the weights (pixels are converted to it, as transformers does).
+    /// The dtype activations compute in (pixels are converted to it): the weights' dtype,
+    /// except bf16/f16 weights on the CPU, which compute in f32 (see [`crate::layers`]).
     pub fn dtype(&self) -> DType {
         self.class_embedding.dtype()
     }
@@ -317,8 +338,18 @@ impl BlipVisionModel {
         let patches = patches.broadcast_matmul(&self.patch_weight.t()?)?.broadcast_add(&self.patch_bias)?; // (b, n, hidden)
         let class = self.class_embedding.broadcast_as((b, 1, self.config.hidden_size))?;
         let mut xs = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
-        for layer in &self.layers {
-            xs = layer.forward(&xs)?;
+        match &self.encoder {
+            VisionEncoder::Candle(layers) => {
+                for layer in layers {
+                    xs = layer.forward(&xs)?;
+                }
+            }
+            VisionEncoder::Cpu(layers) => {
+                let (b, n, d) = xs.dims3()?;
+                let mut x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                encode_all(layers, &mut x, b, n)?;
+                xs = Tensor::from_vec(x, (b, n, d), xs.device())?.to_dtype(dtype)?;
+            }
         }
         self.post_layernorm.forward(&xs)
     }
@@ -329,10 +360,10 @@ impl BlipVisionModel {
 // ---------------------------------------------------------------------------------------
 
 struct BertAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    dense: Linear,
+    query: Lin,
+    key: Lin,
+    value: Lin,
+    dense: Lin,
     layer_norm: LayerNorm,
     heads: usize,
 }
@@ -341,11 +372,11 @@ impl BertAttention {
     fn load(cfg: &BlipTextConfig, kv_in: usize, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            query: candle_nn::linear(h, h, vb.pp("self.query"))?,
-            key: candle_nn::linear(kv_in, h, vb.pp("self.key"))?,
-            value: candle_nn::linear(kv_in, h, vb.pp("self.value"))?,
-            dense: candle_nn::linear(h, h, vb.pp("output.dense"))?,
-            layer_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            query: Lin::load(h, h, true, vb.pp("self.query"))?,
+            key: Lin::load(kv_in, h, true, vb.pp("self.key"))?,
+            value: Lin::load(kv_in, h, true, vb.pp("self.value"))?,
+            dense: Lin::load(h, h, true, vb.pp("output.dense"))?,
+            layer_norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
             heads: cfg.num_attention_heads,
         })
     }
@@ -370,8 +401,8 @@ impl BertAttention {
 struct TextLayer {
     attention: BertAttention,
     crossattention: BertAttention,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Lin,
+    output: Lin,
     output_norm: LayerNorm,
     act: String,
 }
@@ -382,9 +413,9 @@ impl TextLayer {
         Ok(Self {
             attention: BertAttention::load(cfg, h, vb.pp("attention"))?,
             crossattention: BertAttention::load(cfg, cfg.encoder_hidden_size, vb.pp("crossattention"))?,
-            intermediate: candle_nn::linear(h, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
-            output: candle_nn::linear(cfg.intermediate_size, h, vb.pp("output.dense"))?,
-            output_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            intermediate: Lin::load(h, cfg.intermediate_size, true, vb.pp("intermediate.dense"))?,
+            output: Lin::load(cfg.intermediate_size, h, true, vb.pp("output.dense"))?,
+            output_norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
             act: cfg.hidden_act.clone(),
         })
     }
@@ -422,13 +453,13 @@ impl TextDecoderState {
 
 /// `BlipTextLMHeadModel`: the BERT decoder + LM head (`text_decoder.*`).
 pub struct BlipTextLMHeadModel {
-    word_embeddings: Embedding,
-    position_embeddings: Embedding,
+    word_embeddings: Emb,
+    position_embeddings: Emb,
     embeddings_norm: LayerNorm,
     layers: Vec<TextLayer>,
-    transform_dense: Linear,
+    transform_dense: Lin,
     transform_norm: LayerNorm,
-    decoder: Linear,
+    decoder: Lin,
     config: BlipTextConfig,
 }
 
@@ -438,13 +469,13 @@ impl BlipTextLMHeadModel {
         let h = cfg.hidden_size;
         let bert = vb.pp("bert");
         let emb = bert.pp("embeddings");
-        let word_embeddings = candle_nn::embedding(cfg.vocab_size, h, emb.pp("word_embeddings"))?;
+        let word_embeddings = Emb::load(cfg.vocab_size, h, emb.pp("word_embeddings"))?;
         let pred = vb.pp("cls.predictions");
         // Tied weights (`_tied_weights_keys`): saved checkpoints omit `decoder.weight` / `decoder.bias`.
         let weight = if pred.contains_tensor("decoder.weight") {
             pred.get((cfg.vocab_size, h), "decoder.weight")?
         } else {
-            word_embeddings.embeddings().clone()
+            word_embeddings.table().clone()
         };
         let bias = if pred.contains_tensor("bias") {
             pred.get(cfg.vocab_size, "bias")?
@@ -453,14 +484,14 @@ impl BlipTextLMHeadModel {
         };
         Ok(Self {
             word_embeddings,
-            position_embeddings: candle_nn::embedding(cfg.max_position_embeddings, h, emb.pp("position_embeddings"))?,
-            embeddings_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, emb.pp("LayerNorm"))?,
+            position_embeddings: Emb::load(cfg.max_position_embeddings, h, emb.pp("position_embeddings"))?,
+            embeddings_norm: layer_norm(h, cfg.layer_norm_eps, emb.pp("LayerNorm"))?,
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| TextLayer::load(cfg, bert.pp(format!("encoder.layer.{i}"))))
                 .collect::<Result<_>>()?,
-            transform_dense: candle_nn::linear(h, h, pred.pp("transform.dense"))?,
-            transform_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, pred.pp("transform.LayerNorm"))?,
-            decoder: Linear::new(weight, Some(bias)),
+            transform_dense: Lin::load(h, h, true, pred.pp("transform.dense"))?,
+            transform_norm: layer_norm(h, cfg.layer_norm_eps, pred.pp("transform.LayerNorm"))?,
+            decoder: Lin::new(weight, Some(bias))?,
             config: cfg.clone(),
         })
     }

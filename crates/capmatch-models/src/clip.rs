@@ -41,6 +41,11 @@ pub enum HiddenAct {
 }
 
 impl HiddenAct {
+    /// From a config's `hidden_act` string (transformers' `ACT2FN` names); `None` if unknown.
+    pub fn from_name(name: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
+
     pub fn forward(self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,

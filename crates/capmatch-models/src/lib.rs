@@ -10,6 +10,7 @@ pub mod blip2;
 pub mod clip;
 pub mod ops;
 pub mod generation;
+pub mod layers;
 
 /// A token-id field of a checkpoint's config (`eos_token_id`, `forced_eos_token_id`…):
 /// one id, or since transformers 5 possibly a list of ids.

@@ -34,9 +34,20 @@ fn get_f32(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Vec<f32>> {
     vb.get(shape, name)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
-/// `y = x · wᵀ + b`, with `w` (out, in) as stored by `nn.Linear`.
+/// Whether bf16 weights are multiplied in bf16 on this CPU (AVX512_BF16): activations are
+/// then rounded to bf16 at each product, as PyTorch's bf16 linear does. Where not, bf16
+/// weights are widened to f32 (once at load, or per product where memory matters).
+pub fn cpu_has_bf16_matmul() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return bf16x86::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `y = x · wᵀ + b`, with `w` (out, in) as stored by `nn.Linear`: f32 weights through
+/// `gemm`, or bf16 weights packed for `vdpbf16ps` (see [`Dense::bf16_native`]).
 #[derive(Debug, Clone)]
-struct DenseF32 {
+pub(crate) struct Dense {
     w: Vec<f32>,
     b: Vec<f32>,
     in_dim: usize,
@@ -46,9 +57,34 @@ struct DenseF32 {
     bf16: Option<bf16x86::PackedWeight>,
 }
 
-impl DenseF32 {
+impl Dense {
     fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
         Ok(Self::new(get_f32(vb, &[out_dim, in_dim], "weight")?, get_f32(vb, &[out_dim], "bias")?, in_dim, out_dim, vb.dtype()))
+    }
+
+    pub(crate) fn bf16_native() -> bool {
+        cpu_has_bf16_matmul()
+    }
+
+    /// From a weight tensor `(out, in)` and an optional bias, computing in `dtype`'s way:
+    /// bf16 (activations rounded to bf16, f32 accumulation, as PyTorch's bf16 linear) when
+    /// `dtype` is bf16 and the CPU has the instructions, f32 otherwise.
+    pub(crate) fn from_tensors(w: &Tensor, b: Option<&Tensor>, dtype: DType) -> Result<Self> {
+        let (out_dim, in_dim) = w.dims2()?;
+        let flat = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        let b = match b {
+            Some(b) => flat(b)?,
+            None => vec![0.0; out_dim],
+        };
+        Ok(Self::new(flat(w)?, b, in_dim, out_dim, dtype))
+    }
+
+    pub(crate) fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    pub(crate) fn out_dim(&self) -> usize {
+        self.out_dim
     }
 
     fn new(w: Vec<f32>, b: Vec<f32>, in_dim: usize, out_dim: usize, dtype: DType) -> Self {
@@ -70,7 +106,7 @@ impl DenseF32 {
     }
 
     /// `dst (m, out) = x (m, in) · wᵀ + b`, or `dst += x · wᵀ + b` when `accumulate`.
-    fn forward_into(&self, x: &[f32], m: usize, dst: &mut [f32], accumulate: bool) {
+    pub(crate) fn forward_into(&self, x: &[f32], m: usize, dst: &mut [f32], accumulate: bool) {
         let (k, n) = (self.in_dim, self.out_dim);
         assert!(x.len() == m * k && dst.len() == m * n);
         #[cfg(target_arch = "x86_64")]
@@ -126,19 +162,80 @@ impl LayerNormF32 {
     }
 }
 
-/// Applies the activation in place; the common CLIP ones directly, others through candle.
-fn activate(act: HiddenAct, x: &mut [f32], width: usize) -> Result<()> {
+/// Applies the activation in place, parallel over rows. Everything here is written so the
+/// compiler vectorises it ([`exp`] rather than libm's scalar `expf`).
+pub(crate) fn activate(act: HiddenAct, x: &mut [f32], width: usize) -> Result<()> {
     match act {
-        HiddenAct::QuickGelu => x.par_chunks_mut(width).for_each(|row| {
-            row.iter_mut().for_each(|v| *v /= 1.0 + (-1.702 * *v).exp());
-        }),
-        HiddenAct::Relu => x.par_iter_mut().for_each(|v| *v = v.max(0.0)),
+        HiddenAct::QuickGelu => for_rows(x, width, |v| v / (1.0 + exp(-1.702 * v))),
+        HiddenAct::Gelu => for_rows(x, width, |v| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))),
+        HiddenAct::Relu => for_rows(x, width, |v| v.max(0.0)),
         other => {
             let t = Tensor::from_slice(x, x.len(), &Device::Cpu)?;
             x.copy_from_slice(&other.forward(&t)?.to_vec1::<f32>()?);
         }
     }
     Ok(())
+}
+
+/// `v = f(v)` over `x`, in parallel chunks of whole rows, with the AVX-512 instantiation of
+/// the loop where the CPU has it (the crate itself is built for baseline x86-64).
+fn for_rows(x: &mut [f32], width: usize, f: impl Fn(f32) -> f32 + Sync + Copy) {
+    #[inline(always)]
+    fn apply(chunk: &mut [f32], f: impl Fn(f32) -> f32) {
+        chunk.iter_mut().for_each(|v| *v = f(*v));
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn apply_avx512(chunk: &mut [f32], f: impl Fn(f32) -> f32) {
+        apply(chunk, f)
+    }
+    let rows_per_task = (16384 / width.max(1)).max(1);
+    x.par_chunks_mut(width * rows_per_task).for_each(|chunk| {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected.
+            return unsafe { apply_avx512(chunk, f) };
+        }
+        apply(chunk, f)
+    });
+}
+
+/// `e^x` in f32 without a libm call, so loops over it vectorise: `e^x = 2^i · e^r` with
+/// `i` the nearest integer of `x·log2 e`, `r = x − i·ln 2` in two parts (Cody–Waite, so `r`
+/// is exact enough at large |x|), and a degree-6 polynomial for `e^r`, `|r| ≤ ln2/2`.
+/// Relative error ≤ 4e-7; under −87 it flushes to ≈ 0 (what softmax needs), over 88 it
+/// saturates.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    // Plain `a * b + c` rather than `mul_add`: without FMA in the target that is a libm call.
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding and subtracting it rounds to even.
+    const LN2_HI: f32 = 0.693_359_4; // ln 2 with its low bits zero, so i·LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let i = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = (x - i * LN2_HI) - i * LN2_LO;
+    let p = 1.0 / 720.0f32;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    p * f32::from_bits(((i as i32 + 127) << 23) as u32)
+}
+
+/// `erf(x)` as PyTorch's vectorised CPU kernels compute it (Abramowitz & Stegun 7.1.26,
+/// |error| ≤ 1.5e-7), which is what `nn.GELU()` runs on f32 CPU tensors.
+#[inline(always)]
+pub(crate) fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (0.327_591_1 * a + 1.0);
+    let r = 1.061_405_4 * t - 1.453_152;
+    let r = r * t + 1.421_413_8;
+    let r = r * t - 0.284_496_74;
+    let r = r * t + 0.254_829_6;
+    let y = 1.0 - r * t * exp(-a * a);
+    y.copysign(x)
 }
 
 /// Lets the per-(sequence, head) attention tasks write their disjoint column blocks of one
@@ -168,12 +265,12 @@ pub struct AttentionMask {
 #[derive(Debug, Clone)]
 pub struct CpuEncoderLayer {
     /// q, k, v projections stacked into (3D, D); q's rows and bias scaled by head_dim^-0.5.
-    qkv: DenseF32,
-    out_proj: DenseF32,
+    qkv: Dense,
+    out_proj: Dense,
     ln1: LayerNormF32,
     ln2: LayerNormF32,
-    fc1: DenseF32,
-    fc2: DenseF32,
+    fc1: Dense,
+    fc2: Dense,
     act: HiddenAct,
     heads: usize,
 }
@@ -190,13 +287,32 @@ impl CpuEncoderLayer {
             w.extend(get_f32(&p, &[hidden, hidden], "weight")?.into_iter().map(|v| v * s));
             b.extend(get_f32(&p, &[hidden], "bias")?.into_iter().map(|v| v * s));
         }
+        let qkv = Dense::new(w, b, hidden, 3 * hidden, vb.dtype());
+        Self::with_qkv(&vb, qkv, Dense::load(&attn.pp("out_proj"), hidden, hidden)?, intermediate, heads, act, eps)
+    }
+
+    /// A BLIP or BLIP-2 vision layer (`vb` at `encoder.layers.{i}`): the same block with one
+    /// fused `self_attn.qkv` (3D, D) projection, whose bias (BLIP-2: `[q_bias, 0, v_bias]`)
+    /// may be absent, and the output projection named `self_attn.projection`.
+    pub fn load_fused_qkv(vb: VarBuilder, hidden: usize, intermediate: usize, heads: usize, act: HiddenAct, eps: f64, qkv_bias: bool) -> Result<Self> {
+        let attn = vb.pp("self_attn");
+        let scale = ((hidden / heads) as f64).powf(-0.5) as f32;
+        let mut w = get_f32(&attn.pp("qkv"), &[3 * hidden, hidden], "weight")?;
+        let mut b = if qkv_bias { get_f32(&attn.pp("qkv"), &[3 * hidden], "bias")? } else { vec![0.0; 3 * hidden] };
+        w[..hidden * hidden].iter_mut().chain(&mut b[..hidden]).for_each(|v| *v *= scale);
+        let qkv = Dense::new(w, b, hidden, 3 * hidden, vb.dtype());
+        Self::with_qkv(&vb, qkv, Dense::load(&attn.pp("projection"), hidden, hidden)?, intermediate, heads, act, eps)
+    }
+
+    fn with_qkv(vb: &VarBuilder, qkv: Dense, out_proj: Dense, intermediate: usize, heads: usize, act: HiddenAct, eps: f64) -> Result<Self> {
+        let hidden = qkv.in_dim;
         Ok(Self {
-            qkv: DenseF32::new(w, b, hidden, 3 * hidden, vb.dtype()),
-            out_proj: DenseF32::load(&attn.pp("out_proj"), hidden, hidden)?,
+            qkv,
+            out_proj,
             ln1: LayerNormF32::load(&vb.pp("layer_norm1"), hidden, eps)?,
             ln2: LayerNormF32::load(&vb.pp("layer_norm2"), hidden, eps)?,
-            fc1: DenseF32::load(&vb.pp("mlp").pp("fc1"), hidden, intermediate)?,
-            fc2: DenseF32::load(&vb.pp("mlp").pp("fc2"), intermediate, hidden)?,
+            fc1: Dense::load(&vb.pp("mlp").pp("fc1"), hidden, intermediate)?,
+            fc2: Dense::load(&vb.pp("mlp").pp("fc2"), intermediate, hidden)?,
             act,
             heads,
         })
@@ -292,7 +408,7 @@ impl CpuEncoderLayer {
                     let max = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0;
                     for v in r.iter_mut() {
-                        *v = (*v - max).exp();
+                        *v = exp(*v - max);
                         sum += *v;
                     }
                     let inv = 1.0 / sum;
@@ -306,6 +422,16 @@ impl CpuEncoderLayer {
             },
         );
     }
+}
+
+/// Runs a stack of layers over `x` (B·N rows of D, full attention), in place: a vision
+/// tower whose every output position is used (BLIP's and BLIP-2's image tokens).
+pub fn encode_all(layers: &[CpuEncoderLayer], x: &mut [f32], b: usize, n: usize) -> Result<()> {
+    let mut scratch = Scratch::default();
+    for layer in layers {
+        layer.forward(x, b, n, None, &mut scratch)?;
+    }
+    Ok(())
 }
 
 /// Buffers reused across the layers of one forward pass.
@@ -367,9 +493,10 @@ mod bf16x86 {
         pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
             let (k2, groups) = (k.div_ceil(2), n.div_ceil(GROUP));
             let mut data = vec![0u16; groups * k2 * GROUP * 2];
-            for g in 0..groups {
+            // One panel of 48 columns per task: packing a 2.7B-parameter model is seconds.
+            data.par_chunks_mut(k2 * GROUP * 2).enumerate().for_each(|(g, panel)| {
                 for kp in 0..k2 {
-                    let base = (g * k2 + kp) * GROUP * 2;
+                    let base = kp * GROUP * 2;
                     for c in 0..GROUP {
                         let col = g * GROUP + c;
                         if col >= n {
@@ -378,12 +505,12 @@ mod bf16x86 {
                         for h in 0..2 {
                             let kk = 2 * kp + h;
                             if kk < k {
-                                data[base + 2 * c + h] = bf16_bits(w[col * k + kk]);
+                                panel[base + 2 * c + h] = bf16_bits(w[col * k + kk]);
                             }
                         }
                     }
                 }
-            }
+            });
             Self { data, k, n }
         }
 
@@ -504,6 +631,48 @@ mod tests {
             .collect()
     }
 
+    /// erf in f64 by its Maclaurin series (converges fast for |x| ≤ 4; beyond, erf = ±1 in f32).
+    fn erf_f64(x: f64) -> f64 {
+        if x.abs() > 4.0 {
+            return x.signum();
+        }
+        let (mut term, mut sum, mut n) = (x, x, 0.0);
+        while term.abs() > 1e-17 * sum.abs().max(1e-300) {
+            n += 1.0;
+            term *= -x * x / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        for i in -8000..=8000 {
+            let x = i as f32 / 100.0;
+            let (got, want) = (exp(x) as f64, (x as f64).exp());
+            assert!((got - want).abs() <= 4e-7 * want, "exp({x}) = {got}, want {want}");
+            let (got, want) = (erf(x) as f64, erf_f64(x as f64));
+            // A&S bound 1.5e-7, plus f32 cancellation in 1 − r·t·e^(−x²) near 0.
+            assert!((got - want).abs() <= 6e-7, "erf({x}) = {got}, want {want}");
+        }
+        assert_eq!(exp(-1000.0), exp(-87.0));
+        assert!(exp(-87.0) < 1e-37 && exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    /// The vectorised activations against candle's (exact erf GELU, quick GELU).
+    #[test]
+    fn activations_match_candle() {
+        let x: Vec<f32> = values(3000, 7).iter().map(|v| v * 6.0).collect();
+        for act in [HiddenAct::Gelu, HiddenAct::QuickGelu, HiddenAct::Relu] {
+            let mut got = x.clone();
+            activate(act, &mut got, 100).unwrap();
+            let want = act.forward(&Tensor::from_slice(&x, x.len(), &Device::Cpu).unwrap()).unwrap().to_vec1::<f32>().unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 2e-6 * (1.0 + w.abs()), "{act:?}({}) = {g}, want {w}", x[i]);
+            }
+        }
+    }
+
     /// Both dense paths against a scalar reference, on sizes that exercise the edges
     /// (odd k, n not a multiple of 48 or 16, m not a multiple of 8), with and without the
     /// residual accumulation.
@@ -513,7 +682,7 @@ mod tests {
             let (x, w, b, r) = (values(m * k, 1), values(n * k, 2), values(n, 3), values(m * n, 4));
             for dtype in [DType::F32, DType::BF16] {
                 let round = |v: f32| if dtype == DType::BF16 { half::bf16::from_f32(v).to_f32() } else { v };
-                let dense = DenseF32::new(w.clone(), b.clone(), k, n, dtype);
+                let dense = Dense::new(w.clone(), b.clone(), k, n, dtype);
                 for accumulate in [false, true] {
                     let mut got = if accumulate { r.clone() } else { vec![f32::NAN; m * n] };
                     dense.forward_into(&x, m, &mut got, accumulate);

@@ -240,18 +240,20 @@ fn batched_generation_equals_one_image_at_a_time() {
 fn bf16_weights_compute_like_the_f32_reference() {
     let r = reference("opt");
     let model = load("opt", DType::BF16);
-    // bf16 storage; the CPU has no bf16 matmul in candle, so activations are f32.
+    // bf16 storage; on the CPU activations stay f32 between the products.
     assert_eq!(model.dtype(), DType::F32);
     assert_eq!(model.query_tokens.dtype(), DType::F32, "query tokens stay f32 like transformers");
     let features = model.image_features(&r["pixel_values"]).unwrap();
-    // The fixture's weights are bf16 values, so bf16 storage loses nothing.
-    assert_close("bf16-stored projection", &features, &r["language_projection"], 1e-4);
+    // The fixture's weights are bf16 values, so bf16 storage loses nothing; with AVX512_BF16
+    // the products round their inputs to bf16 (8 bits of mantissa), as PyTorch's bf16 does.
+    let tol = if capmatch_models::ops::cpu_has_bf16_matmul() { 2e-2 } else { 1e-4 };
+    assert_close("bf16-stored projection", &features, &r["language_projection"], tol);
     let file = std::fs::read_to_string(fixture("opt").join("generation_config.json")).unwrap();
     let config = model.default_generation_config().merged_with(&GenerationConfig::from_json(&file).unwrap());
     let out = model.generate(&r["pixel_values"].i(0..1).unwrap(), None, &config).unwrap();
     let reference = cases("opt");
     let case = reference.cases.iter().find(|c| c.name == "greedy_default_config" && c.image_index == 0).unwrap();
-    assert_eq!(out[0], case.output_ids, "bf16 storage, f32 compute: same tokens as the f32 reference");
+    assert_eq!(out[0], case.output_ids, "bf16 weights: same tokens as the f32 reference");
 }
 
 /// Peak resident memory of this process, in GiB (Linux).

@@ -19,7 +19,6 @@
 //! `decoder_start_token_id`. See [`decode`] for the generation glue.
 
 pub mod decode;
-pub mod layers;
 pub mod opt;
 pub mod qformer;
 pub mod t5;
@@ -28,7 +27,7 @@ pub mod vision;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use layers::Lin;
+use crate::layers::{self, Lin};
 use serde::Deserialize;
 
 pub use opt::{OptConfig, OptForCausalLM};

@@ -7,7 +7,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{compute_dtype, get_compute, Emb, Lin};
+use crate::layers::{compute_dtype, get_compute, Emb, Lin};
 use super::vision::activation;
 use super::{attention, causal_mask, merge_heads, split_heads, TokenIdOrList};
 
@@ -69,7 +69,7 @@ fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Lin> {
 
 fn layer_norm(d: usize, affine: bool, vb: VarBuilder) -> Result<LayerNorm> {
     if affine {
-        super::layers::layer_norm(d, 1e-5, vb)
+        crate::layers::layer_norm(d, 1e-5, vb)
     } else {
         let dtype = compute_dtype(vb.dtype(), vb.device());
         let w = Tensor::ones(d, dtype, vb.device())?;
@@ -221,7 +221,7 @@ impl OptForCausalLM {
         let lm_head = if vb.contains_tensor("lm_head.weight") {
             Lin::load(wdim, c.vocab_size, false, vb.pp("lm_head"))?
         } else {
-            Lin::from_weight(embed_tokens.table().clone(), embed_tokens.compute_dtype())
+            Lin::from_weight(embed_tokens.table().clone())?
         };
         Ok(Self {
             embed_tokens,

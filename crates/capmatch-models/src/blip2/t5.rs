@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{get_compute, Emb, Lin};
+use crate::layers::{get_compute, Emb, Lin};
 use super::vision::activation;
 use super::{attention, causal_mask, merge_heads, split_heads, TokenIdOrList};
 
@@ -312,7 +312,7 @@ impl T5ForConditionalGeneration {
         let lm_head = if vb.contains_tensor("lm_head.weight") {
             Lin::load(c.d_model, c.vocab_size, false, vb.pp("lm_head"))?
         } else {
-            Lin::from_weight(shared.table().clone(), shared.compute_dtype())
+            Lin::from_weight(shared.table().clone())?
         };
         Ok(Self {
             shared,

@@ -1,12 +1,14 @@
 //! `Blip2VisionModel`: EVA ViT-g/14 as BLIP-2 uses it (pre-LN encoder layers, a fused `qkv`
 //! projection whose bias is `[q_bias, 0, v_bias]`, a post-layernorm on every position).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{get_compute, layer_norm, Lin};
+use crate::layers::{get_compute, layer_norm, Lin};
 use super::{attention, merge_heads};
+use crate::clip::HiddenAct;
+use crate::ops::{encode_all, CpuEncoderLayer};
 
 /// `Blip2VisionConfig`; defaults are transformers' (EVA ViT-g/14 at 224 px).
 #[derive(Debug, Clone, Deserialize)]
@@ -150,21 +152,37 @@ impl VisionLayer {
     }
 }
 
+/// The encoder layers: the fused f32/bf16 kernels of [`crate::ops`] on the CPU, candle
+/// ops elsewhere (or for an activation those kernels lack).
+enum VisionEncoder {
+    Candle(Vec<VisionLayer>),
+    Cpu(Vec<CpuEncoderLayer>),
+}
+
 /// `Blip2VisionModel`.
 pub struct Blip2VisionModel {
     embeddings: VisionEmbeddings,
-    layers: Vec<VisionLayer>,
+    encoder: VisionEncoder,
     post_layernorm: LayerNorm,
 }
 
 impl Blip2VisionModel {
     pub fn load(vb: VarBuilder, c: &Blip2VisionConfig) -> Result<Self> {
-        let layers = (0..c.num_hidden_layers)
-            .map(|i| VisionLayer::load(vb.pp(format!("encoder.layers.{i}")), c))
-            .collect::<Result<_>>()?;
+        let layer_vb = |i: usize| vb.pp(format!("encoder.layers.{i}"));
+        let encoder = match HiddenAct::from_name(&c.hidden_act) {
+            Some(act) if vb.device().is_cpu() => VisionEncoder::Cpu(
+                (0..c.num_hidden_layers)
+                    .map(|i| {
+                        let (d, heads) = (c.hidden_size, c.num_attention_heads);
+                        CpuEncoderLayer::load_fused_qkv(layer_vb(i), d, c.intermediate_size, heads, act, c.layer_norm_eps, c.qkv_bias)
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            _ => VisionEncoder::Candle((0..c.num_hidden_layers).map(|i| VisionLayer::load(layer_vb(i), c)).collect::<Result<_>>()?),
+        };
         Ok(Self {
             embeddings: VisionEmbeddings::load(vb.pp("embeddings"), c)?,
-            layers,
+            encoder,
             post_layernorm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("post_layernorm"))?,
         })
     }
@@ -172,8 +190,18 @@ impl Blip2VisionModel {
     /// `last_hidden_state`: `(batch, 1 + patches, hidden)` from `(batch, 3, H, W)` pixels.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let mut h = self.embeddings.forward(pixel_values)?;
-        for layer in &self.layers {
-            h = layer.forward(&h)?;
+        match &self.encoder {
+            VisionEncoder::Candle(layers) => {
+                for layer in layers {
+                    h = layer.forward(&h)?;
+                }
+            }
+            VisionEncoder::Cpu(layers) => {
+                let (b, n, d) = h.dims3()?;
+                let mut x = h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                encode_all(layers, &mut x, b, n)?;
+                h = Tensor::from_vec(x, (b, n, d), h.device())?.to_dtype(h.dtype())?;
+            }
         }
         self.post_layernorm.forward(&h)
     }

@@ -1,13 +1,20 @@
-//! Layers that keep their large weights in the checkpoint's storage dtype (bf16 by
-//! default, half the memory of f32) and compute in a dtype the device can multiply in.
+//! Layers for the BLIP and BLIP-2 models that keep their large weights in the checkpoint's
+//! storage dtype (bf16 halves the memory of f32) and compute in a dtype the device can
+//! multiply in.
 //!
-//! candle's CPU backend has no bf16 matmul, so on the CPU a bf16 model computes in f32:
-//! each projection widens its weight for the duration of one product, and the small
-//! tensors (norms, biases, position tables) are widened once at load. On devices with bf16
-//! kernels the compute dtype is the storage dtype.
+//! On the CPU activations are f32 whatever the storage dtype (candle's CPU backend has no
+//! bf16 kernels): a [`Lin`] multiplies through [`crate::ops::Dense`] — `gemm` for f32
+//! weights, AVX512_BF16 dot products for bf16 weights (packed once at load) — and the small
+//! tensors (norms, biases, position tables) are widened to f32 once at load. Where the CPU
+//! lacks bf16 instructions, bf16 weights stay bf16 and are widened per product. On other
+//! devices the compute dtype is the storage dtype.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
+
+use crate::ops::Dense;
 
 /// The dtype activations use for weights stored as `storage` on `device`.
 pub fn compute_dtype(storage: DType, device: &Device) -> DType {
@@ -22,51 +29,91 @@ fn compute_of(vb: &VarBuilder) -> DType {
     compute_dtype(vb.dtype(), vb.device())
 }
 
-/// `nn.Linear` over a weight kept in storage dtype.
+/// `nn.Linear`. On the CPU its weight lives in a [`Dense`]: f32 through `gemm`, or bf16
+/// packed once for AVX512_BF16's dot product (activations rounded to bf16 per product, f32
+/// accumulation, as PyTorch's bf16 linear). Elsewhere, and for bf16/f16 on CPUs without
+/// bf16 instructions, the weight stays in its storage dtype and is widened per product.
 #[derive(Clone)]
 pub struct Lin {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    compute: DType,
+    kind: LinKind,
+    out_dim: usize,
+}
+
+#[derive(Clone)]
+enum LinKind {
+    /// Shared, not copied, when a model is cloned.
+    Cpu(Arc<Dense>),
+    Stored { weight: Tensor, bias: Option<Tensor>, compute: DType },
 }
 
 impl Lin {
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        let compute = compute_of(&vb);
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = if bias { Some(vb.get(out_dim, "bias")?.to_dtype(compute)?) } else { None };
-        Ok(Self { weight, bias, compute })
+        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        Self::new(weight, bias)
     }
 
     /// A bias-free projection on an existing `(out, in)` matrix (a tied LM head).
-    pub fn from_weight(weight: Tensor, compute: DType) -> Self {
-        Self { weight, bias: None, compute }
+    pub fn from_weight(weight: Tensor) -> Result<Self> {
+        Self::new(weight, None)
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// From an `(out, in)` weight and an optional bias, in their storage dtype.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (storage, device) = (weight.dtype(), weight.device().clone());
+        let out_dim = weight.dim(0)?;
+        let kind = if device.is_cpu() && (storage == DType::F32 || (storage == DType::BF16 && Dense::bf16_native())) {
+            LinKind::Cpu(Arc::new(Dense::from_tensors(&weight, bias.as_ref(), storage)?))
+        } else {
+            let compute = compute_dtype(storage, &device);
+            LinKind::Stored { bias: bias.map(|b| b.to_dtype(compute)).transpose()?, weight, compute }
+        };
+        Ok(Self { kind, out_dim })
     }
 }
 
 impl Module for Lin {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(self.compute)?;
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = x.reshape((rows, in_dim))?;
-        let y = match bf16_small_matmul(&x2, &self.weight)? {
-            Some(y) => y,
-            None => x2.matmul(&widen(&self.weight, self.compute)?.t()?)?,
-        };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
         let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
-        y.reshape(out_dims)
+        *out_dims.last_mut().unwrap() = self.out_dim;
+        match &self.kind {
+            LinKind::Cpu(dense) => {
+                if in_dim != dense.in_dim() {
+                    candle_core::bail!("linear layer expects {} inputs, got {in_dim}", dense.in_dim());
+                }
+                let mut out = vec![0f32; rows * dense.out_dim()];
+                with_f32_slice(x, |xs| dense.forward_into(xs, rows, &mut out, false))?;
+                Tensor::from_vec(out, out_dims, x.device())
+            }
+            LinKind::Stored { weight, bias, compute } => {
+                let x2 = x.to_dtype(*compute)?.reshape((rows, in_dim))?;
+                let y = match bf16_small_matmul(&x2, weight)? {
+                    Some(y) => y,
+                    None => x2.matmul(&widen(weight, *compute)?.t()?)?,
+                };
+                let y = match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                y.reshape(out_dims)
+            }
+        }
     }
+}
+
+/// Calls `f` on `x`'s values as one contiguous f32 slice (a CPU tensor), copying only if
+/// `x` is not already contiguous f32.
+fn with_f32_slice<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("a CPU linear layer was given a tensor on another device");
+    };
+    let data = cpu.as_slice::<f32>()?;
+    Ok(f(&data[layout.start_offset()..layout.start_offset() + x.elem_count()]))
 }
 
 /// `w.to_dtype(dtype)`, with bf16 → f32 on the CPU split over threads (candle's
