@@ -193,7 +193,9 @@ fn merge_heads(x: &Tensor) -> Result<Tensor> {
 
 /// softmax(q kᵀ · scale + mask) v, eager, as transformers computes it.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+    // kᵀ as a strided view: gemm reads it in place (a copy here would transpose every
+    // cross-attention's image keys at every decoding step).
+    let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
         None => scores,

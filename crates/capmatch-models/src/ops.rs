@@ -113,6 +113,9 @@ impl Dense {
         if let Some(p) = &self.bf16 {
             return p.matmul_into(x, m, &self.b, dst, accumulate);
         }
+        if m <= STREAM_ROWS {
+            return stream_matmul(x, m, k, &self.w, n, &self.b, dst, accumulate);
+        }
         // Seed dst with the bias (added to the residual when accumulating); gemm adds x · wᵀ.
         dst.par_chunks_mut(n).for_each(|row| {
             if accumulate {
@@ -133,6 +136,110 @@ impl Dense {
             )
         }
     }
+}
+
+/// Rows up to which [`Dense`] multiplies f32 weights by [`stream_matmul`] rather than
+/// `gemm`: `gemm` packs the whole weight matrix on every call, which for a decoding step
+/// (one row per sequence or beam) costs more than the product itself.
+const STREAM_ROWS: usize = 16;
+
+/// `dst (m, n) [+]= x (m, k) · wᵀ + b` reading each weight row once, straight from its
+/// (out, in) storage: a task per block of output columns, `m` dot products per weight row
+/// while the row is in L1. Memory-bound, as a decoding step is.
+#[allow(clippy::too_many_arguments)]
+fn stream_matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b: &[f32], dst: &mut [f32], accumulate: bool) {
+    const COLS: usize = 32;
+    #[inline(always)]
+    fn block(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b: &[f32], j0: usize, dst: SendPtr, accumulate: bool) {
+        for (jj, wrow) in w.chunks_exact(k).enumerate() {
+            let j = j0 + jj;
+            for i in 0..m {
+                let v = dot(&x[i * k..(i + 1) * k], wrow) + b[j];
+                // SAFETY: column j of every row belongs to this task alone; i < m, j < n.
+                unsafe {
+                    let d = dst.get().add(i * n + j);
+                    *d = if accumulate { *d + v } else { v };
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_avx512(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b: &[f32], j0: usize, dst: SendPtr, accumulate: bool) {
+        block(x, m, k, w, n, b, j0, dst, accumulate)
+    }
+    let out = SendPtr(dst.as_mut_ptr());
+    w.par_chunks(COLS * k).enumerate().for_each(|(c, wblock)| {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected.
+            return unsafe { block_avx512(x, m, k, wblock, n, b, c * COLS, out, accumulate) };
+        }
+        block(x, m, k, wblock, n, b, c * COLS, out, accumulate)
+    });
+}
+
+/// `r = softmax(r)`, vectorised (AVX-512 where the CPU has it).
+fn softmax_in_place(r: &mut [f32]) {
+    #[inline(always)]
+    fn run(r: &mut [f32]) {
+        const L: usize = 16;
+        let mut lanes = [f32::NEG_INFINITY; L];
+        let chunks = r.chunks_exact(L);
+        let rest = chunks.remainder().iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        for c in chunks {
+            for l in 0..L {
+                lanes[l] = lanes[l].max(c[l]);
+            }
+        }
+        let max = lanes.iter().cloned().fold(rest, f32::max);
+        let mut sums = [0f32; L];
+        let mut chunks = r.chunks_exact_mut(L);
+        for c in &mut chunks {
+            for l in 0..L {
+                c[l] = exp(c[l] - max);
+                sums[l] += c[l];
+            }
+        }
+        let mut sum: f32 = 0.0;
+        for v in chunks.into_remainder() {
+            *v = exp(*v - max);
+            sum += *v;
+        }
+        let inv = 1.0 / (sum + sums.iter().sum::<f32>());
+        r.iter_mut().for_each(|v| *v *= inv);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_avx512(r: &mut [f32]) {
+        run(r)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { run_avx512(r) };
+    }
+    run(r)
+}
+
+/// `Σ a[i]·b[i]` in 16 independent lanes, so the compiler vectorises it.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..L {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ar.iter().zip(br) {
+        sum += x * y;
+    }
+    sum
 }
 
 #[derive(Debug, Clone)]
@@ -405,14 +512,7 @@ impl CpuEncoderLayer {
                             }
                         }
                     }
-                    let max = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for v in r.iter_mut() {
-                        *v = exp(*v - max);
-                        sum += *v;
-                    }
-                    let inv = 1.0 / sum;
-                    r.iter_mut().for_each(|v| *v *= inv);
+                    softmax_in_place(r);
                 }
                 unsafe {
                     let dst = out_ptr.get().add(s * nq * d + h * hd);
@@ -678,7 +778,7 @@ mod tests {
     /// residual accumulation.
     #[test]
     fn dense_matches_scalar_reference() {
-        for (m, k, n) in [(13, 7, 40), (8, 64, 48), (21, 33, 100), (1, 2, 1)] {
+        for (m, k, n) in [(13, 7, 40), (8, 64, 48), (21, 33, 100), (1, 2, 1), (3, 100, 70), (17, 40, 33)] {
             let (x, w, b, r) = (values(m * k, 1), values(n * k, 2), values(n, 3), values(m * n, 4));
             for dtype in [DType::F32, DType::BF16] {
                 let round = |v: f32| if dtype == DType::BF16 { half::bf16::from_f32(v).to_f32() } else { v };
