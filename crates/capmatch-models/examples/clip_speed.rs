@@ -1,6 +1,6 @@
 //! Times the CLIP towers on a checkpoint directory (random inputs; weights as stored):
-//! `cargo run --release -p capmatch-models --example clip_speed -- DIR [f32|bf16|f16] [reps]`.
-//! Prints the median ms/image (batch 8) and ms/caption (batch 32 × 20 tokens).
+//! `cargo run --release -p capmatch-models --example clip_speed -- DIR [f32|bf16|f16] [reps] [image|text|both] [batch]`.
+//! Prints the median ms/image (batch 8 unless given) and ms/caption (batch 32 × 20 tokens).
 
 use std::time::Instant;
 
@@ -23,13 +23,14 @@ fn main() -> candle_core::Result<()> {
     };
     let reps: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(5);
     let which = args.get(4).map(String::as_str).unwrap_or("both");
+    let batch: usize = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(8);
     let dev = Device::Cpu;
     let cfg = ClipConfig::from_json_str(&std::fs::read_to_string(dir.join("config.json"))?).unwrap();
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], dtype, &dev)? };
     let model = ClipModel::new(vb, &cfg)?;
 
     let s = cfg.vision_config.image_size;
-    let pixels = Tensor::randn(0f32, 1.0, (8, 3, s, s), &dev)?.to_dtype(dtype)?;
+    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &dev)?.to_dtype(dtype)?;
     let ids: Vec<u32> = (0..32 * 20).map(|i| if i % 20 == 19 { 49407 } else { 320 + (i as u32 * 7919) % 40000 }).collect();
     let ids = Tensor::from_vec(ids, (32, 20), &dev)?;
     let mask = Tensor::ones((32, 20), DType::U32, &dev)?;
@@ -40,10 +41,10 @@ fn main() -> candle_core::Result<()> {
             .map(|_| {
                 let t0 = Instant::now();
                 model.get_image_features(&pixels).unwrap();
-                t0.elapsed().as_secs_f64() * 1e3 / 8.0
+                t0.elapsed().as_secs_f64() * 1e3 / batch as f64
             })
             .collect();
-        println!("{dtype:?} image: {:.1} ms/image (median of {reps}, batch 8; min {:.1})", median(t.clone()), t.iter().cloned().fold(f64::MAX, f64::min));
+        println!("{dtype:?} image: {:.1} ms/image (median of {reps}, batch {batch}; min {:.1})", median(t.clone()), t.iter().cloned().fold(f64::MAX, f64::min));
     }
     if which != "image" {
         model.get_text_features(&ids, Some(&mask))?;

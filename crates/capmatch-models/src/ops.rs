@@ -55,6 +55,9 @@ pub(crate) struct Dense {
     /// Set for bf16 checkpoints on CPUs with AVX512_BF16: the matmul then runs in bf16.
     #[cfg(target_arch = "x86_64")]
     bf16: Option<bf16x86::PackedWeight>,
+    /// Set for f32 on CPUs with AVX-512 (`w` is then empty): packed once, so no call packs.
+    #[cfg(target_arch = "x86_64")]
+    f32_packed: Option<f32x86::PackedF32>,
 }
 
 impl Dense {
@@ -88,13 +91,20 @@ impl Dense {
     }
 
     fn new(w: Vec<f32>, b: Vec<f32>, in_dim: usize, out_dim: usize, dtype: DType) -> Self {
+        Self::build(w, b, in_dim, out_dim, dtype, !no_f32_packing())
+    }
+
+    /// `pack_f32`: whether f32 weights may be packed for [`f32x86`] (else `gemm` / streaming).
+    fn build(w: Vec<f32>, b: Vec<f32>, in_dim: usize, out_dim: usize, dtype: DType, pack_f32: bool) -> Self {
         #[cfg(target_arch = "x86_64")]
         let bf16 = (dtype == DType::BF16 && bf16x86::available()).then(|| bf16x86::PackedWeight::pack(&w, out_dim, in_dim));
-        // The f32 copy is then unused: drop it.
         #[cfg(target_arch = "x86_64")]
-        let w = if bf16.is_some() { Vec::new() } else { w };
+        let f32_packed = (bf16.is_none() && f32x86::available() && pack_f32).then(|| f32x86::PackedF32::pack(&w, out_dim, in_dim));
+        // The row-major copy is then unused: drop it.
+        #[cfg(target_arch = "x86_64")]
+        let w = if bf16.is_some() || f32_packed.is_some() { Vec::new() } else { w };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = dtype;
+        let _ = (dtype, pack_f32);
         Self {
             w,
             b,
@@ -102,6 +112,8 @@ impl Dense {
             out_dim,
             #[cfg(target_arch = "x86_64")]
             bf16,
+            #[cfg(target_arch = "x86_64")]
+            f32_packed,
         }
     }
 
@@ -111,6 +123,10 @@ impl Dense {
         assert!(x.len() == m * k && dst.len() == m * n);
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = &self.bf16 {
+            return p.matmul_into(x, m, &self.b, dst, accumulate);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = &self.f32_packed {
             return p.matmul_into(x, m, &self.b, dst, accumulate);
         }
         if m <= STREAM_ROWS {
@@ -553,6 +569,151 @@ impl Scratch {
     }
 }
 
+/// `CAPMATCH_NO_F32_PACKING=1` keeps f32 weights row-major and multiplies through `gemm`
+/// (the portable path), for comparing the two.
+fn no_f32_packing() -> bool {
+    std::env::var_os("CAPMATCH_NO_F32_PACKING").is_some_and(|v| v == "1")
+}
+
+// ------------------------------------------------------------------------------- f32 gemm
+
+/// `dst (m, n) [+]= x (m, k) · wᵀ + b` in f32 on CPUs with AVX-512, with the weights packed
+/// once at load into panels of 48 output columns. `gemm` 0.19 packs its operands on every
+/// call; for CLIP at batch 1 (50 rows) that packing was half of the tower's time.
+#[cfg(target_arch = "x86_64")]
+mod f32x86 {
+    use std::arch::x86_64::*;
+
+    use rayon::prelude::*;
+
+    /// Output rows per microkernel call.
+    const MR: usize = 8;
+    /// 16-column vectors per microkernel call (MR × NB accumulators).
+    const NB: usize = 3;
+    const GROUP: usize = 16 * NB;
+    /// Depth of one pass: a 256 × 48 block of a panel (48 KiB) stays in cache while every
+    /// row tile goes through it.
+    const KC: usize = 256;
+
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx512f")
+    }
+
+    /// Weights (n, k) as panels of 48 columns: `data[g][kk][c] = w[g·48 + c][kk]`, zero
+    /// past n.
+    #[derive(Debug, Clone)]
+    pub struct PackedF32 {
+        data: Vec<f32>,
+        k: usize,
+        n: usize,
+    }
+
+    impl PackedF32 {
+        pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+            let groups = n.div_ceil(GROUP);
+            let mut data = vec![0f32; groups * k * GROUP];
+            data.par_chunks_mut(k * GROUP).enumerate().for_each(|(g, panel)| {
+                for c in 0..GROUP.min(n - g * GROUP) {
+                    let row = &w[(g * GROUP + c) * k..][..k];
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * GROUP + c] = v;
+                    }
+                }
+            });
+            Self { data, k, n }
+        }
+
+        /// `dst[r, :] = (accumulate ? dst[r, :] : 0) + bias + x[r, :] · wᵀ`.
+        pub fn matmul_into(&self, x: &[f32], m: usize, bias: &[f32], dst: &mut [f32], accumulate: bool) {
+            let (k, n) = (self.k, self.n);
+            let dst_ptr = super::SendPtr(dst.as_mut_ptr());
+            (0..n.div_ceil(GROUP)).into_par_iter().for_each(|g| {
+                let panel = &self.data[g * k * GROUP..(g + 1) * k * GROUP];
+                let cols = (n - g * GROUP).min(GROUP);
+                for k0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - k0);
+                    let mut r = 0;
+                    while r < m {
+                        let rows = (m - r).min(MR);
+                        // SAFETY: AVX-512F was checked by `available`; this task writes only
+                        // columns [g*48, g*48+cols) of rows r..r+rows.
+                        unsafe {
+                            let first = k0 == 0;
+                            tile(&x[r * k + k0..], k, rows, &panel[k0 * GROUP..], kc, bias, g * GROUP, cols, dst_ptr.get().add(r * n), n, first, accumulate);
+                        }
+                        r += rows;
+                    }
+                }
+            });
+        }
+    }
+
+    /// One MR × 48 block of dst over `kc` steps of k. The first pass starts from the bias
+    /// (plus dst when accumulating); later passes from the partial sums in dst.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        x: &[f32],
+        k: usize,
+        rows: usize,
+        panel: &[f32],
+        kc: usize,
+        bias: &[f32],
+        col0: usize,
+        cols: usize,
+        dst: *mut f32,
+        n: usize,
+        first: bool,
+        accumulate: bool,
+    ) {
+        let masks: [__mmask16; NB] = std::array::from_fn(|j| {
+            let c = j * 16;
+            if c >= cols { 0 } else if cols - c >= 16 { 0xffff } else { (1u16 << (cols - c)) - 1 }
+        });
+        let mut acc = [[_mm512_setzero_ps(); NB]; MR];
+        for (r, accr) in acc.iter_mut().enumerate().take(rows) {
+            for j in 0..NB {
+                let out = dst.add(r * n + col0 + j * 16);
+                accr[j] = if first {
+                    let b = _mm512_maskz_loadu_ps(masks[j], bias.as_ptr().add(col0 + j * 16));
+                    if accumulate { _mm512_add_ps(b, _mm512_maskz_loadu_ps(masks[j], out)) } else { b }
+                } else {
+                    _mm512_maskz_loadu_ps(masks[j], out)
+                };
+            }
+        }
+        let (pb, pa) = (panel.as_ptr(), x.as_ptr());
+        if rows == MR {
+            for kk in 0..kc {
+                let b: [__m512; NB] = std::array::from_fn(|j| _mm512_loadu_ps(pb.add(kk * GROUP + j * 16)));
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_ps(*pa.add(r * k + kk));
+                    for j in 0..NB {
+                        accr[j] = _mm512_fmadd_ps(a, b[j], accr[j]);
+                    }
+                }
+            }
+        } else {
+            for kk in 0..kc {
+                let b: [__m512; NB] = std::array::from_fn(|j| _mm512_loadu_ps(pb.add(kk * GROUP + j * 16)));
+                for (r, accr) in acc.iter_mut().enumerate().take(rows) {
+                    let a = _mm512_set1_ps(*pa.add(r * k + kk));
+                    for j in 0..NB {
+                        accr[j] = _mm512_fmadd_ps(a, b[j], accr[j]);
+                    }
+                }
+            }
+        }
+        for (r, accr) in acc.iter().enumerate().take(rows) {
+            for (j, accv) in accr.iter().enumerate() {
+                if masks[j] != 0 {
+                    _mm512_mask_storeu_ps(dst.add(r * n + col0 + j * 16), masks[j], *accv);
+                }
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------ bf16 gemm
 
 /// `dst (m, n) [+]= bf16(x) (m, k) · bf16(w)ᵀ + b` with f32 accumulation, on CPUs with
@@ -773,16 +934,18 @@ mod tests {
         }
     }
 
-    /// Both dense paths against a scalar reference, on sizes that exercise the edges
-    /// (odd k, n not a multiple of 48 or 16, m not a multiple of 8), with and without the
-    /// residual accumulation.
+    /// Every dense path (packed f32, row-major f32 through gemm or streaming, packed bf16)
+    /// against a scalar reference, on sizes that exercise the edges: odd k, k over one
+    /// 256-deep pass, n not a multiple of 48 or 16, m not a multiple of 8, with and without
+    /// the residual accumulation.
     #[test]
     fn dense_matches_scalar_reference() {
-        for (m, k, n) in [(13, 7, 40), (8, 64, 48), (21, 33, 100), (1, 2, 1), (3, 100, 70), (17, 40, 33)] {
+        let cases = [(13, 7, 40), (8, 64, 48), (21, 33, 100), (1, 2, 1), (3, 100, 70), (17, 40, 33), (9, 600, 50), (40, 300, 97)];
+        for (m, k, n) in cases {
             let (x, w, b, r) = (values(m * k, 1), values(n * k, 2), values(n, 3), values(m * n, 4));
-            for dtype in [DType::F32, DType::BF16] {
+            for (dtype, pack) in [(DType::F32, true), (DType::F32, false), (DType::BF16, true)] {
                 let round = |v: f32| if dtype == DType::BF16 { half::bf16::from_f32(v).to_f32() } else { v };
-                let dense = Dense::new(w.clone(), b.clone(), k, n, dtype);
+                let dense = Dense::build(w.clone(), b.clone(), k, n, dtype, pack);
                 for accumulate in [false, true] {
                     let mut got = if accumulate { r.clone() } else { vec![f32::NAN; m * n] };
                     dense.forward_into(&x, m, &mut got, accumulate);
@@ -791,7 +954,7 @@ mod tests {
                             let dot: f32 = (0..k).map(|t| round(x[i * k + t]) * round(w[j * k + t])).sum();
                             let want = dot + b[j] + if accumulate { r[i * n + j] } else { 0.0 };
                             let g = got[i * n + j];
-                            assert!((g - want).abs() < 1e-4, "{dtype:?} {m}x{k}x{n} [{i},{j}]: {g} vs {want}");
+                            assert!((g - want).abs() < 1e-4 * (1.0 + want.abs()), "{dtype:?} pack {pack} {m}x{k}x{n} [{i},{j}]: {g} vs {want}");
                         }
                     }
                 }
