@@ -732,6 +732,9 @@ mod bf16x86 {
     /// 16-column blocks per microkernel call (MR × NB accumulators of 32).
     const NB: usize = 3;
     const GROUP: usize = 16 * NB;
+    /// Pairs of k per pass: a 256 × 48 block of bf16 pairs (48 KiB) stays in cache while
+    /// every row tile goes through it.
+    const KC2: usize = 256;
 
     pub fn available() -> bool {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
@@ -788,15 +791,19 @@ mod bf16x86 {
             (0..groups).into_par_iter().for_each(|g| {
                 let panel = &self.data[g * k2 * GROUP * 2..(g + 1) * k2 * GROUP * 2];
                 let cols = (n - g * GROUP).min(GROUP);
-                let mut r = 0;
-                while r < m {
-                    let rows = (m - r).min(MR);
-                    // SAFETY: the feature check is done by the caller (`available`); this task
-                    // writes only columns [g*48, g*48+cols) of rows r..r+rows.
-                    unsafe {
-                        tile(&a[r * k2..], k2, rows, panel, bias, g * GROUP, cols, dst_ptr.get().add(r * n), n, accumulate);
+                for p0 in (0..k2).step_by(KC2) {
+                    let pc = KC2.min(k2 - p0);
+                    let mut r = 0;
+                    while r < m {
+                        let rows = (m - r).min(MR);
+                        // SAFETY: the feature check is done by the caller (`available`); this
+                        // task writes only columns [g*48, g*48+cols) of rows r..r+rows.
+                        unsafe {
+                            let block = &panel[p0 * GROUP * 2..];
+                            tile(&a[r * k2 + p0..], k2, rows, block, pc, bias, g * GROUP, cols, dst_ptr.get().add(r * n), n, p0 == 0, accumulate);
+                        }
+                        r += rows;
                     }
-                    r += rows;
                 }
             });
         }
@@ -817,6 +824,8 @@ mod bf16x86 {
         }
     }
 
+    /// One MR × 48 block of dst over `pc` pairs of k. The first pass starts from the bias
+    /// (plus dst when accumulating); later passes from the partial sums in dst.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
@@ -824,18 +833,35 @@ mod bf16x86 {
         k2: usize,
         rows: usize,
         panel: &[u16],
+        pc: usize,
         bias: &[f32],
         col0: usize,
         cols: usize,
         dst: *mut f32,
         n: usize,
+        first: bool,
         accumulate: bool,
     ) {
+        let masks: [__mmask16; NB] = std::array::from_fn(|j| {
+            let c = j * 16;
+            if c >= cols { 0 } else if cols - c >= 16 { 0xffff } else { (1u16 << (cols - c)) - 1 }
+        });
         let mut acc = [[_mm512_setzero_ps(); NB]; MR];
+        for (r, accr) in acc.iter_mut().enumerate().take(rows) {
+            for j in 0..NB {
+                let out = dst.add(r * n + col0 + j * 16);
+                accr[j] = if first {
+                    let b = _mm512_maskz_loadu_ps(masks[j], bias.as_ptr().add(col0 + j * 16));
+                    if accumulate { _mm512_add_ps(b, _mm512_maskz_loadu_ps(masks[j], out)) } else { b }
+                } else {
+                    _mm512_maskz_loadu_ps(masks[j], out)
+                };
+            }
+        }
         let pb = panel.as_ptr();
         let pa = a.as_ptr();
         if rows == MR {
-            for kp in 0..k2 {
+            for kp in 0..pc {
                 let b: [__m512bh; NB] =
                     std::array::from_fn(|j| std::mem::transmute(_mm512_loadu_si512(pb.add((kp * NB + j) * 32) as *const _)));
                 for (r, accr) in acc.iter_mut().enumerate() {
@@ -846,7 +872,7 @@ mod bf16x86 {
                 }
             }
         } else {
-            for kp in 0..k2 {
+            for kp in 0..pc {
                 let b: [__m512bh; NB] =
                     std::array::from_fn(|j| std::mem::transmute(_mm512_loadu_si512(pb.add((kp * NB + j) * 32) as *const _)));
                 for (r, accr) in acc.iter_mut().enumerate().take(rows) {
@@ -859,17 +885,9 @@ mod bf16x86 {
         }
         for (r, accr) in acc.iter().enumerate().take(rows) {
             for (j, accv) in accr.iter().enumerate() {
-                let c = j * 16;
-                if c >= cols {
-                    break;
+                if masks[j] != 0 {
+                    _mm512_mask_storeu_ps(dst.add(r * n + col0 + j * 16), masks[j], *accv);
                 }
-                let mask: __mmask16 = if cols - c >= 16 { 0xffff } else { (1u16 << (cols - c)) - 1 };
-                let out = dst.add(r * n + col0 + c);
-                let mut v = _mm512_add_ps(*accv, _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(col0 + c)));
-                if accumulate {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
-                }
-                _mm512_mask_storeu_ps(out, mask, v);
             }
         }
     }
@@ -940,7 +958,7 @@ mod tests {
     /// the residual accumulation.
     #[test]
     fn dense_matches_scalar_reference() {
-        let cases = [(13, 7, 40), (8, 64, 48), (21, 33, 100), (1, 2, 1), (3, 100, 70), (17, 40, 33), (9, 600, 50), (40, 300, 97)];
+        let cases = [(13, 7, 40), (8, 64, 48), (21, 33, 100), (1, 2, 1), (3, 100, 70), (17, 40, 33), (9, 600, 50), (40, 300, 97), (11, 1100, 60)];
         for (m, k, n) in cases {
             let (x, w, b, r) = (values(m * k, 1), values(n * k, 2), values(n, 3), values(m * n, 4));
             for (dtype, pack) in [(DType::F32, true), (DType::F32, false), (DType::BF16, true)] {
