@@ -17,6 +17,9 @@ Workloads:
     clip-image   --model DIR --dtype f32|bf16 --batch B --images DIR
     clip-text    --model DIR --dtype f32|bf16 --captions FILE.json
     blip-caption --model DIR --dtype f32|bf16 --batch B --beams K --new-tokens T --images DIR
+                 [--prompt TEXT]
+    blip2-caption  the same flags, Blip2ForConditionalGeneration + Blip2Processor
+                 (`--prompt ""`: unconditional captioning, BLIP-2's default)
     search       --gallery FILE.npy --queries FILE.npy --k 10
 
 Utilities used by the harness to make shared inputs:
@@ -134,12 +137,28 @@ def clip_text(args):
 
 
 def blip_caption(args):
-    torch = set_threads(args.threads)
+    set_threads(args.threads)  # before transformers imports torch
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
+    return caption(args, BlipForConditionalGeneration, AutoProcessor)
+
+
+def blip2_caption(args):
+    set_threads(args.threads)
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    return caption(args, Blip2ForConditionalGeneration, Blip2Processor)
+
+
+def caption(args, model_class, processor_class):
+    """`generate` with exactly `--new-tokens` new tokens (min = max). Without a prompt the
+    processor gives pixel values only and `generate` starts from the model's own start tokens
+    (BLIP: BOS; BLIP-2 OPT: the query-token placeholders + BOS)."""
+    import torch
+
     dtype = torch_dtype(args.dtype)
-    model = BlipForConditionalGeneration.from_pretrained(args.model, dtype=dtype).eval()
-    processor = AutoProcessor.from_pretrained(args.model)
+    model = model_class.from_pretrained(args.model, dtype=dtype).eval()
+    processor = processor_class.from_pretrained(args.model)
     images = load_images(args.images, args.batch)
     prompts = [args.prompt] * len(images) if args.prompt else None
     info = {"batch": len(images), "beams": args.beams, "new_tokens": args.new_tokens}
@@ -252,7 +271,13 @@ def make_vectors(args):
 # ----------------------------------------------------------------------------------------
 
 
-WORKLOADS = {"clip-image": clip_image, "clip-text": clip_text, "blip-caption": blip_caption, "search": search}
+WORKLOADS = {
+    "clip-image": clip_image,
+    "clip-text": clip_text,
+    "blip-caption": blip_caption,
+    "blip2-caption": blip2_caption,
+    "search": search,
+}
 UTILITIES = {"captions": captions, "make-vectors": make_vectors}
 
 

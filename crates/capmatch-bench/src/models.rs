@@ -1,4 +1,4 @@
-//! Our model workloads (CLIP towers, BLIP captioning) through capmatch-core's public API,
+//! Our model workloads (CLIP towers, BLIP and BLIP-2 captioning) through capmatch-core's public API,
 //! the calls `capmatch embed` / `capmatch index` make.
 
 use anyhow::{bail, Context, Result};
@@ -57,9 +57,9 @@ pub fn clip_text(args: &WorkerArgs) -> Result<(Value, RoundFn)> {
     Ok((info, round))
 }
 
-/// BLIP captioning, exactly `--new-tokens` new tokens (min = max), greedy or beam search;
-/// one call captions one batch of `--batch` images.
-pub fn blip_caption(args: &WorkerArgs) -> Result<(Value, RoundFn)> {
+/// BLIP or BLIP-2 captioning (whichever the checkpoint is), exactly `--new-tokens` new tokens
+/// (min = max), greedy or beam search; one call captions one batch of `--batch` images.
+pub fn caption(args: &WorkerArgs) -> Result<(Value, RoundFn)> {
     let model = args.model.as_deref().context("--model")?;
     let mut captioner = Captioner::load(model, dtype(&args.dtype)?)?;
     captioner.batch_size = args.batch.max(1);

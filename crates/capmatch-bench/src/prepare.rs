@@ -16,10 +16,11 @@ pub enum Arch {
     ClipL14,
     BlipBase,
     BlipLarge,
+    Blip2Opt,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 4] = [Arch::ClipB32, Arch::ClipL14, Arch::BlipBase, Arch::BlipLarge];
+    pub const ALL: [Arch; 5] = [Arch::ClipB32, Arch::ClipL14, Arch::BlipBase, Arch::BlipLarge, Arch::Blip2Opt];
 
     /// The name `make_random_checkpoint.py` knows, and the folder under `bench-models/`.
     pub fn id(self) -> &'static str {
@@ -28,6 +29,7 @@ impl Arch {
             Arch::ClipL14 => "clip-vit-large-patch14",
             Arch::BlipBase => "blip-image-captioning-base",
             Arch::BlipLarge => "blip-image-captioning-large",
+            Arch::Blip2Opt => "blip2-opt-2.7b",
         }
     }
 
@@ -37,13 +39,14 @@ impl Arch {
             Arch::ClipL14 => "ViT-L/14",
             Arch::BlipBase => "BLIP base",
             Arch::BlipLarge => "BLIP large",
+            Arch::Blip2Opt => "BLIP-2 OPT-2.7b",
         }
     }
 
     /// Side of the square input the model's processor produces.
     pub fn input_size(self) -> u32 {
         match self {
-            Arch::ClipB32 | Arch::ClipL14 => 224,
+            Arch::ClipB32 | Arch::ClipL14 | Arch::Blip2Opt => 224,
             Arch::BlipBase | Arch::BlipLarge => 384,
         }
     }
@@ -58,6 +61,7 @@ impl Arch {
                     Arch::ClipL14 => s == "l14" || s == "vit-l-14",
                     Arch::BlipBase => s == "blip-base",
                     Arch::BlipLarge => s == "blip-large",
+                    Arch::Blip2Opt => s == "blip2-opt" || s == "blip2",
                 }
         })
     }
@@ -247,4 +251,54 @@ pub fn ensure_vectors(paths: &Paths, name: &str, n: usize, dim: usize, seed: u64
         std::fs::rename(tmp, &file)?;
     }
     Ok(file)
+}
+
+/// Bytes the checkpoint's weights take once loaded in `dtype`: the size of its safetensors
+/// files, rescaled from the dtype they are stored in (config.json `dtype` or `torch_dtype`,
+/// float32 when absent) to `dtype`. None without safetensors files.
+pub fn weights_bytes(dir: &Path, dtype: &str) -> Option<u64> {
+    let stored: u64 = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("safetensors"))
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .sum();
+    if stored == 0 {
+        return None;
+    }
+    let config: serde_json::Value = std::fs::read_to_string(dir.join("config.json")).ok().and_then(|t| serde_json::from_str(&t).ok())?;
+    let stored_dtype = config["dtype"].as_str().or(config["torch_dtype"].as_str()).unwrap_or("float32");
+    let width = |name: &str| match name {
+        "bfloat16" | "float16" | "bf16" | "f16" => 2,
+        _ => 4,
+    };
+    Some(stored / width(stored_dtype) * width(dtype))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blip2_arch_names() {
+        for name in ["blip2-opt", "blip2", "blip2-opt-2.7b", "BLIP-2-OPT-2.7b"] {
+            assert_eq!(Arch::parse(name), Some(Arch::Blip2Opt), "{name}");
+        }
+        assert_eq!(Arch::Blip2Opt.input_size(), 224);
+    }
+
+    #[test]
+    fn weights_bytes_rescales_from_the_stored_dtype() {
+        let dir = std::env::temp_dir().join(format!("capmatch-bench-weights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model-00001-of-00002.safetensors"), vec![0u8; 600]).unwrap();
+        std::fs::write(dir.join("model-00002-of-00002.safetensors"), vec![0u8; 400]).unwrap();
+        std::fs::write(dir.join("model.safetensors.index.json"), "{}").unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"dtype": "bfloat16"}"#).unwrap();
+        assert_eq!(weights_bytes(&dir, "bf16"), Some(1000));
+        assert_eq!(weights_bytes(&dir, "f32"), Some(2000));
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        assert_eq!(weights_bytes(&dir, "bf16"), Some(500));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

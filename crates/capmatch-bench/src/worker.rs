@@ -16,7 +16,7 @@ use crate::npy;
 /// The flags are the reference script's, so the harness passes one argument list to both.
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// clip-image, clip-text, blip-caption or search.
+    /// clip-image, clip-text, blip-caption, blip2-caption or search.
     pub workload: String,
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -60,7 +60,8 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let (info, mut round_fn): (Value, RoundFn) = match args.workload.as_str() {
         "clip-image" => crate::models::clip_image(&args)?,
         "clip-text" => crate::models::clip_text(&args)?,
-        "blip-caption" => crate::models::blip_caption(&args)?,
+        // Captioner::load picks BLIP or BLIP-2 from the checkpoint's config.json.
+        "blip-caption" | "blip2-caption" => crate::models::caption(&args)?,
         "search" => search(&args)?,
         other => bail!("unknown workload {other}"),
     };
