@@ -271,3 +271,29 @@ fn full_size_checkpoint_captions_an_image() {
         assert!(caps[0].token_ids.len() > 4 && caps[0].token_ids.len() <= 4 + 12);
     }
 }
+
+/// Rows reordered arbitrarily (not in beam search's image-major blocks) attend to the
+/// image of the row they came from: the decoder's logits follow the reorder exactly.
+#[test]
+fn reordered_rows_keep_their_images() {
+    use capmatch_models::generation::StepDecoder;
+    let dir = &fixture_dirs()[0];
+    let fx = Fixture::load(dir);
+    let captioner = Captioner::load(dir, DType::F32).unwrap();
+    let model = captioner.blip().unwrap();
+    let names: Vec<String> = fx.reference.images.keys().take(2).cloned().collect();
+    let pixels = fx.pixels(&names);
+    let bos = model.config().text_config.bos_token_id.unwrap();
+    let rows = |n: usize| Tensor::from_vec(vec![bos; n], (n, 1), &Device::Cpu).unwrap();
+    let plain = model.caption_decoder(&pixels).unwrap().forward(&rows(2)).unwrap().to_vec2::<f32>().unwrap();
+    assert!(plain[0] != plain[1], "two different images give different logits");
+    for order in [vec![1u32, 0], vec![1, 1, 0], vec![0, 0, 1, 1]] {
+        let mut decoder = model.caption_decoder(&pixels).unwrap();
+        decoder.reorder(&order).unwrap();
+        let got = decoder.forward(&rows(order.len())).unwrap().to_vec2::<f32>().unwrap();
+        for (row, &from) in got.iter().zip(&order) {
+            let diff = row.iter().zip(&plain[from as usize]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(diff < 1e-4, "order {order:?}: row from image {from} differs by {diff}");
+        }
+    }
+}
