@@ -55,7 +55,7 @@ fn real_images() -> Vec<(String, RgbImage)> {
 /// The summary line's count, e.g. `count(stdout, "new")` for "indexed 5 new, ...".
 fn count(summary: &str, what: &str) -> usize {
     let line = summary.lines().find(|l| l.starts_with("indexed ")).unwrap_or_else(|| panic!("no summary in {summary:?}"));
-    let words: Vec<&str> = line.split(|c: char| c == ' ' || c == ',').filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
     let i = words.iter().position(|w| *w == what).unwrap_or_else(|| panic!("no {what:?} in {line:?}"));
     words[i - 1].parse().unwrap()
 }

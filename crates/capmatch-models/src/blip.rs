@@ -493,7 +493,7 @@ impl TextDecoderState {
     fn row_images(&self) -> Result<RowImages> {
         let images = self.cross_kv.first().map_or(Ok(0), |(k, _)| k.dim(0))?;
         let rows = self.row_image.len();
-        if images == 0 || rows % images != 0 {
+        if images == 0 || !rows.is_multiple_of(images) {
             return self.gather();
         }
         let per = rows / images;

@@ -76,7 +76,7 @@ fn print_hits(hits: &[Hit], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let domain_width = hits.iter().map(|h| h.domain.chars().count()).max().unwrap_or(0).max("domain".len());
-    println!("{:>4}  {:>7}  {:<domain_width$}  {}", "rank", "score", "domain", "path / caption");
+    println!("{:>4}  {:>7}  {:<domain_width$}  path / caption", "rank", "score", "domain");
     for h in hits {
         println!("{:>4}  {:>7.4}  {:<domain_width$}  {}", h.rank, h.score, h.domain, h.path);
         println!("{:>4}  {:>7}  {:<domain_width$}  \u{21b3} {}", "", "", "", h.caption);
