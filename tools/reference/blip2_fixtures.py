@@ -344,6 +344,9 @@ def make_full_size(out_dir, arch="blip2-opt-2.7b"):
     assert arch == "blip2-opt-2.7b", arch
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The small trained tokenizer stands in for OPT's 50k BPE: the config's image token must
+    # be the id it gives "<image>", or a prompted run would find no image positions.
+    tokenizer = train_opt_tokenizer()
     config = Blip2Config(
         vision_config=dict(),
         qformer_config=dict(),
@@ -353,7 +356,7 @@ def make_full_size(out_dir, arch="blip2-opt-2.7b"):
             do_layer_norm_before=True, bos_token_id=2, eos_token_id=50118, pad_token_id=1,
         ),
         num_query_tokens=32,
-        image_token_index=50265,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -373,7 +376,6 @@ def make_full_size(out_dir, arch="blip2-opt-2.7b"):
         model.save_pretrained(out, max_shard_size="2GB")
     finally:
         torch.set_default_dtype(torch.float32)
-    tokenizer = train_opt_tokenizer()
     processor = Blip2Processor(BlipImageProcessor(size={"height": 224, "width": 224}), tokenizer, num_query_tokens=32)
     processor.save_pretrained(out)
     processor.image_processor.save_pretrained(out)
