@@ -793,11 +793,24 @@ mod bf16x86 {
         /// `dst[r, :] = (accumulate ? dst[r, :] : 0) + bias + x[r, :] · wᵀ`.
         pub fn matmul_into(&self, x: &[f32], m: usize, bias: &[f32], dst: &mut [f32], accumulate: bool) {
             let (k, n, k2) = (self.k, self.n, self.k.div_ceil(2));
-            // Activations as bf16 pairs (one u32 per pair of k), row-major.
-            let mut a = vec![0u32; m * k2];
+            // Activations as bf16 pairs (one u32 per pair of k), row-major, in a buffer this
+            // thread reuses: a fresh one per call was megabytes of page faults per layer.
+            thread_local! {
+                static BUF: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+            }
+            let mut buf = BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+            buf.resize(m * k2, 0);
+            let a = &mut buf[..m * k2];
             // (Little-endian: a pair is simply two consecutive bf16 values.)
-            // SAFETY: feature checked by `available`; each row of `a` holds 2 * k2 >= k u16s.
-            a.par_chunks_mut(k2).zip(x.par_chunks(k)).for_each(|(ar, xr)| unsafe { row_to_bf16(xr, ar.as_mut_ptr() as *mut u16) });
+            // SAFETY: feature checked by `available`; each row of `a` holds 2 * k2 >= k u16s,
+            // and an odd k's pad is zeroed explicitly (the buffer is reused).
+            a.par_chunks_mut(k2).zip(x.par_chunks(k)).for_each(|(ar, xr)| unsafe {
+                if k % 2 == 1 {
+                    ar[k2 - 1] = 0;
+                }
+                row_to_bf16(xr, ar.as_mut_ptr() as *mut u16)
+            });
+            let a = &*a;
             let dst_ptr = super::SendPtr(dst.as_mut_ptr());
             let groups = n.div_ceil(GROUP);
             (0..groups).into_par_iter().for_each(|g| {
@@ -818,6 +831,7 @@ mod bf16x86 {
                     }
                 }
             });
+            BUF.with(|b| *b.borrow_mut() = buf);
         }
     }
 
