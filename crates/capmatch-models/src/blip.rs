@@ -8,7 +8,7 @@
 //!   is BERT's prediction head, its decoder weight tied to the word embeddings when the
 //!   checkpoint omits it.
 //! - [`BlipForConditionalGeneration`]: both, plus [`BlipCaptionDecoder`], the
-//!   [`StepDecoder`](crate::generation::StepDecoder) that `generation::generate` drives (the
+//!   [`StepDecoder`] that `generation::generate` drives (the
 //!   image keys/values of every cross-attention layer are computed once per image and
 //!   reordered, never recomputed).
 //!

@@ -8,7 +8,7 @@
 //! matrix, the attention scale folded into Q), and a forward pass is a handful of matrix
 //! products that add the bias and the residual in place (`dst = dst + x · wᵀ`), with layer
 //! norm, softmax and the activation as single vectorised passes over rows, parallel with
-//! rayon. [`Dense`] is the product, used by these layers and by `crate::layers::Lin`:
+//! rayon. `Dense` is the product, used by these layers and by `crate::layers::Lin`:
 //!
 //! - f32 weights: packed into 48-column panels for an AVX-512 FMA microkernel (`f32x86`),
 //!   or, without AVX-512, `gemm` (and a streaming dot-product path for a few rows);
