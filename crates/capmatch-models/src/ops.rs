@@ -256,6 +256,20 @@ fn softmax_in_place(r: &mut [f32]) {
     run(r)
 }
 
+/// `Σ f(v)` over `row` in 16 independent lanes (then across them), so it vectorises.
+#[inline(always)]
+fn lanes_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] += f(c[l]);
+        }
+    }
+    rest + acc.iter().sum::<f32>()
+}
+
 /// `Σ a[i]·b[i]` in 16 independent lanes, so the compiler vectorises it.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -290,14 +304,32 @@ impl LayerNormF32 {
     /// Normalises each row of `x` into `dst` (two passes per row: mean, then variance of the
     /// centred values, as torch does, so no cancellation).
     fn forward_into(&self, x: &[f32], dst: &mut [f32]) {
-        let d = self.w.len();
-        dst.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(out, row)| {
-            let mean = row.iter().sum::<f32>() / d as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-            let inv = 1.0 / (var + self.eps).sqrt();
-            for i in 0..d {
-                out[i] = (row[i] - mean) * inv * self.w[i] + self.b[i];
+        #[inline(always)]
+        fn row_norm(row: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+            let d = row.len() as f32;
+            // Sums in 16 lanes so they vectorise (a sequential f32 sum cannot).
+            let mean = lanes_sum(row, |v| v) / d;
+            let var = lanes_sum(row, |v| (v - mean) * (v - mean)) / d;
+            let inv = 1.0 / (var + eps).sqrt();
+            for i in 0..row.len() {
+                out[i] = (row[i] - mean) * inv * w[i] + b[i];
             }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn row_norm_avx512(row: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+            row_norm(row, out, w, b, eps)
+        }
+        let d = self.w.len();
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = is_x86_feature_detected!("avx512f");
+        dst.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(out, row)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                // SAFETY: the feature was detected above.
+                return unsafe { row_norm_avx512(row, out, &self.w, &self.b, self.eps) };
+            }
+            row_norm(row, out, &self.w, &self.b, self.eps)
         });
     }
 }
