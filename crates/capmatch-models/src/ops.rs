@@ -624,6 +624,67 @@ fn no_f32_packing() -> bool {
     std::env::var_os("CAPMATCH_NO_F32_PACKING").is_some_and(|v| v == "1")
 }
 
+// ------------------------------------------------------------------------ AVX-512 tiles
+
+/// The edges both microkernels share: which lanes of a tile's column vectors exist, where
+/// its accumulators start, and how they are written back.
+#[cfg(target_arch = "x86_64")]
+mod tile_io {
+    use std::arch::x86_64::*;
+
+    /// Lane masks of a tile's NB 16-column vectors when only its first `cols` columns exist.
+    #[inline(always)]
+    pub fn column_masks<const NB: usize>(cols: usize) -> [__mmask16; NB] {
+        std::array::from_fn(|j| {
+            let c = j * 16;
+            if c >= cols { 0 } else if cols - c >= 16 { 0xffff } else { (1u16 << (cols - c)) - 1 }
+        })
+    }
+
+    /// Accumulators of a tile at (row 0, `col0`) of `dst` (row stride `n`): the bias (plus
+    /// dst when `accumulate`) on a first pass over k, dst's partial sums on later passes.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn start<const MR: usize, const NB: usize>(
+        rows: usize,
+        masks: &[__mmask16; NB],
+        bias: &[f32],
+        col0: usize,
+        dst: *const f32,
+        n: usize,
+        first: bool,
+        accumulate: bool,
+    ) -> [[__m512; NB]; MR] {
+        let mut acc = [[_mm512_setzero_ps(); NB]; MR];
+        for (r, accr) in acc.iter_mut().enumerate().take(rows) {
+            for j in 0..NB {
+                let out = dst.add(r * n + col0 + j * 16);
+                accr[j] = if first {
+                    let b = _mm512_maskz_loadu_ps(masks[j], bias.as_ptr().add(col0 + j * 16));
+                    if accumulate { _mm512_add_ps(b, _mm512_maskz_loadu_ps(masks[j], out)) } else { b }
+                } else {
+                    _mm512_maskz_loadu_ps(masks[j], out)
+                };
+            }
+        }
+        acc
+    }
+
+    /// Writes the first `rows` rows of accumulators back to the tile's place in dst.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn store<const MR: usize, const NB: usize>(acc: &[[__m512; NB]; MR], rows: usize, masks: &[__mmask16; NB], col0: usize, dst: *mut f32, n: usize) {
+        for (r, accr) in acc.iter().enumerate().take(rows) {
+            for (j, accv) in accr.iter().enumerate() {
+                if masks[j] != 0 {
+                    _mm512_mask_storeu_ps(dst.add(r * n + col0 + j * 16), masks[j], *accv);
+                }
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------- f32 gemm
 
 /// `dst (m, n) [+]= x (m, k) · wᵀ + b` in f32 on CPUs with AVX-512, with the weights packed
@@ -715,22 +776,8 @@ mod f32x86 {
         first: bool,
         accumulate: bool,
     ) {
-        let masks: [__mmask16; NB] = std::array::from_fn(|j| {
-            let c = j * 16;
-            if c >= cols { 0 } else if cols - c >= 16 { 0xffff } else { (1u16 << (cols - c)) - 1 }
-        });
-        let mut acc = [[_mm512_setzero_ps(); NB]; MR];
-        for (r, accr) in acc.iter_mut().enumerate().take(rows) {
-            for j in 0..NB {
-                let out = dst.add(r * n + col0 + j * 16);
-                accr[j] = if first {
-                    let b = _mm512_maskz_loadu_ps(masks[j], bias.as_ptr().add(col0 + j * 16));
-                    if accumulate { _mm512_add_ps(b, _mm512_maskz_loadu_ps(masks[j], out)) } else { b }
-                } else {
-                    _mm512_maskz_loadu_ps(masks[j], out)
-                };
-            }
-        }
+        let masks = super::tile_io::column_masks::<NB>(cols);
+        let mut acc = super::tile_io::start::<MR, NB>(rows, &masks, bias, col0, dst, n, first, accumulate);
         let (pb, pa) = (panel.as_ptr(), x.as_ptr());
         if rows == MR {
             for kk in 0..kc {
@@ -753,13 +800,7 @@ mod f32x86 {
                 }
             }
         }
-        for (r, accr) in acc.iter().enumerate().take(rows) {
-            for (j, accv) in accr.iter().enumerate() {
-                if masks[j] != 0 {
-                    _mm512_mask_storeu_ps(dst.add(r * n + col0 + j * 16), masks[j], *accv);
-                }
-            }
-        }
+        super::tile_io::store(&acc, rows, &masks, col0, dst, n);
     }
 }
 
@@ -907,22 +948,8 @@ mod bf16x86 {
         first: bool,
         accumulate: bool,
     ) {
-        let masks: [__mmask16; NB] = std::array::from_fn(|j| {
-            let c = j * 16;
-            if c >= cols { 0 } else if cols - c >= 16 { 0xffff } else { (1u16 << (cols - c)) - 1 }
-        });
-        let mut acc = [[_mm512_setzero_ps(); NB]; MR];
-        for (r, accr) in acc.iter_mut().enumerate().take(rows) {
-            for j in 0..NB {
-                let out = dst.add(r * n + col0 + j * 16);
-                accr[j] = if first {
-                    let b = _mm512_maskz_loadu_ps(masks[j], bias.as_ptr().add(col0 + j * 16));
-                    if accumulate { _mm512_add_ps(b, _mm512_maskz_loadu_ps(masks[j], out)) } else { b }
-                } else {
-                    _mm512_maskz_loadu_ps(masks[j], out)
-                };
-            }
-        }
+        let masks = super::tile_io::column_masks::<NB>(cols);
+        let mut acc = super::tile_io::start::<MR, NB>(rows, &masks, bias, col0, dst, n, first, accumulate);
         let pb = panel.as_ptr();
         let pa = a.as_ptr();
         if rows == MR {
@@ -948,13 +975,7 @@ mod bf16x86 {
                 }
             }
         }
-        for (r, accr) in acc.iter().enumerate().take(rows) {
-            for (j, accv) in accr.iter().enumerate() {
-                if masks[j] != 0 {
-                    _mm512_mask_storeu_ps(dst.add(r * n + col0 + j * 16), masks[j], *accv);
-                }
-            }
-        }
+        super::tile_io::store(&acc, rows, &masks, col0, dst, n);
     }
 }
 
