@@ -22,7 +22,7 @@ use serde::Deserialize;
 use crate::clip::HiddenAct;
 use crate::generation::{StepDecoder, TokenIds};
 use crate::layers::{get_compute, layer_norm, Emb, Lin};
-use crate::ops::{encode_all, CpuEncoderLayer};
+use crate::ops::CpuVisionEncoder;
 
 /// An `int` or a `[height, width]` pair (BlipVisionConfig's `image_size` / `patch_size`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -271,7 +271,7 @@ pub struct BlipVisionModel {
 /// ops elsewhere (or for an activation those kernels lack).
 enum VisionEncoder {
     Candle(Vec<VisionLayer>),
-    Cpu(Vec<CpuEncoderLayer>),
+    Cpu(CpuVisionEncoder),
 }
 
 impl BlipVisionModel {
@@ -288,14 +288,10 @@ impl BlipVisionModel {
         let pe = emb.pp("patch_embedding");
         let layer_vb = |i: usize| vb.pp(format!("encoder.layers.{i}"));
         let encoder = match HiddenAct::from_name(&cfg.hidden_act) {
-            Some(act) if vb.device().is_cpu() => VisionEncoder::Cpu(
-                (0..cfg.num_hidden_layers)
-                    .map(|i| {
-                        let (inter, heads, eps) = (cfg.intermediate_size, cfg.num_attention_heads, cfg.layer_norm_eps);
-                        CpuEncoderLayer::load_fused_qkv(layer_vb(i), h, inter, heads, act, eps, true)
-                    })
-                    .collect::<Result<_>>()?,
-            ),
+            Some(act) if vb.device().is_cpu() => {
+                let (n, inter, heads, eps) = (cfg.num_hidden_layers, cfg.intermediate_size, cfg.num_attention_heads, cfg.layer_norm_eps);
+                VisionEncoder::Cpu(CpuVisionEncoder::load(vb.pp("encoder.layers"), n, h, inter, heads, act, eps, true)?)
+            }
             _ => VisionEncoder::Candle((0..cfg.num_hidden_layers).map(|i| VisionLayer::load(cfg, layer_vb(i))).collect::<Result<_>>()?),
         };
         Ok(Self {
@@ -346,12 +342,7 @@ impl BlipVisionModel {
                     xs = layer.forward(&xs)?;
                 }
             }
-            VisionEncoder::Cpu(layers) => {
-                let (b, n, d) = xs.dims3()?;
-                let mut x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                encode_all(layers, &mut x, b, n)?;
-                xs = Tensor::from_vec(x, (b, n, d), xs.device())?.to_dtype(dtype)?;
-            }
+            VisionEncoder::Cpu(encoder) => xs = encoder.forward(&xs)?,
         }
         self.post_layernorm.forward(&xs)
     }

@@ -589,14 +589,32 @@ impl CpuEncoderLayer {
     }
 }
 
-/// Runs a stack of layers over `x` (B·N rows of D, full attention), in place: a vision
-/// tower whose every output position is used (BLIP's and BLIP-2's image tokens).
-pub fn encode_all(layers: &[CpuEncoderLayer], x: &mut [f32], b: usize, n: usize) -> Result<()> {
-    let mut scratch = Scratch::default();
-    for layer in layers {
-        layer.forward(x, b, n, None, &mut scratch)?;
+/// A vision tower's encoder layers in the BLIP / BLIP-2 layout (fused `qkv`,
+/// `projection`), on these kernels, over candle tensors: every output position is kept
+/// (the image tokens the text side attends to).
+#[derive(Debug, Clone)]
+pub struct CpuVisionEncoder {
+    layers: Vec<CpuEncoderLayer>,
+}
+
+impl CpuVisionEncoder {
+    /// `vb` at the tower's `encoder.layers`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(vb: VarBuilder, n: usize, hidden: usize, intermediate: usize, heads: usize, act: HiddenAct, eps: f64, qkv_bias: bool) -> Result<Self> {
+        let layers = (0..n).map(|i| CpuEncoderLayer::load_fused_qkv(vb.pp(i), hidden, intermediate, heads, act, eps, qkv_bias)).collect::<Result<_>>()?;
+        Ok(Self { layers })
     }
-    Ok(())
+
+    /// `xs` (B, N, D) in any dtype → the last layer's states, same shape and dtype.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = xs.dims3()?;
+        let mut x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut scratch = Scratch::default();
+        for layer in &self.layers {
+            layer.forward(&mut x, b, n, None, &mut scratch)?;
+        }
+        Tensor::from_vec(x, (b, n, d), xs.device())?.to_dtype(xs.dtype())
+    }
 }
 
 /// Buffers reused across the layers of one forward pass.

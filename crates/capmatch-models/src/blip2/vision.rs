@@ -1,14 +1,14 @@
 //! `Blip2VisionModel`: EVA ViT-g/14 as BLIP-2 uses it (pre-LN encoder layers, a fused `qkv`
 //! projection whose bias is `[q_bias, 0, v_bias]`, a post-layernorm on every position).
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use crate::layers::{get_compute, layer_norm, Lin};
 use super::{attention, merge_heads};
 use crate::clip::HiddenAct;
-use crate::ops::{encode_all, CpuEncoderLayer};
+use crate::ops::CpuVisionEncoder;
 
 /// `Blip2VisionConfig`; defaults are transformers' (EVA ViT-g/14 at 224 px).
 #[derive(Debug, Clone, Deserialize)]
@@ -156,7 +156,7 @@ impl VisionLayer {
 /// ops elsewhere (or for an activation those kernels lack).
 enum VisionEncoder {
     Candle(Vec<VisionLayer>),
-    Cpu(Vec<CpuEncoderLayer>),
+    Cpu(CpuVisionEncoder),
 }
 
 /// `Blip2VisionModel`.
@@ -170,14 +170,10 @@ impl Blip2VisionModel {
     pub fn load(vb: VarBuilder, c: &Blip2VisionConfig) -> Result<Self> {
         let layer_vb = |i: usize| vb.pp(format!("encoder.layers.{i}"));
         let encoder = match HiddenAct::from_name(&c.hidden_act) {
-            Some(act) if vb.device().is_cpu() => VisionEncoder::Cpu(
-                (0..c.num_hidden_layers)
-                    .map(|i| {
-                        let (d, heads) = (c.hidden_size, c.num_attention_heads);
-                        CpuEncoderLayer::load_fused_qkv(layer_vb(i), d, c.intermediate_size, heads, act, c.layer_norm_eps, c.qkv_bias)
-                    })
-                    .collect::<Result<_>>()?,
-            ),
+            Some(act) if vb.device().is_cpu() => {
+                let (n, d, heads) = (c.num_hidden_layers, c.hidden_size, c.num_attention_heads);
+                VisionEncoder::Cpu(CpuVisionEncoder::load(vb.pp("encoder.layers"), n, d, c.intermediate_size, heads, act, c.layer_norm_eps, c.qkv_bias)?)
+            }
             _ => VisionEncoder::Candle((0..c.num_hidden_layers).map(|i| VisionLayer::load(layer_vb(i), c)).collect::<Result<_>>()?),
         };
         Ok(Self {
@@ -196,12 +192,7 @@ impl Blip2VisionModel {
                     h = layer.forward(&h)?;
                 }
             }
-            VisionEncoder::Cpu(layers) => {
-                let (b, n, d) = h.dims3()?;
-                let mut x = h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                encode_all(layers, &mut x, b, n)?;
-                h = Tensor::from_vec(x, (b, n, d), h.device())?.to_dtype(h.dtype())?;
-            }
+            VisionEncoder::Cpu(encoder) => h = encoder.forward(&h)?,
         }
         self.post_layernorm.forward(&h)
     }
