@@ -14,7 +14,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use crate::ops::Dense;
+use crate::ops::{cpu_has_bf16_matmul, Dense};
 
 /// The dtype activations use for weights stored as `storage` on `device`.
 pub fn compute_dtype(storage: DType, device: &Device) -> DType {
@@ -62,7 +62,7 @@ impl Lin {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let (storage, device) = (weight.dtype(), weight.device().clone());
         let out_dim = weight.dim(0)?;
-        let kind = if device.is_cpu() && (storage == DType::F32 || (storage == DType::BF16 && Dense::bf16_native())) {
+        let kind = if device.is_cpu() && (storage == DType::F32 || (storage == DType::BF16 && cpu_has_bf16_matmul())) {
             LinKind::Cpu(Arc::new(Dense::from_tensors(&weight, bias.as_ref(), storage)?))
         } else {
             let compute = compute_dtype(storage, &device);

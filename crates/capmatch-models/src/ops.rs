@@ -51,7 +51,7 @@ pub fn cpu_has_bf16_matmul() -> bool {
 }
 
 /// `y = x · wᵀ + b`, with `w` (out, in) as stored by `nn.Linear`: f32 weights through
-/// `gemm`, or bf16 weights packed for `vdpbf16ps` (see [`Dense::bf16_native`]).
+/// `gemm`, or bf16 weights packed for `vdpbf16ps` (see [`cpu_has_bf16_matmul`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Dense {
     w: Vec<f32>,
@@ -68,11 +68,7 @@ pub(crate) struct Dense {
 
 impl Dense {
     fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Ok(Self::new(get_f32(vb, &[out_dim, in_dim], "weight")?, get_f32(vb, &[out_dim], "bias")?, in_dim, out_dim, vb.dtype()))
-    }
-
-    pub(crate) fn bf16_native() -> bool {
-        cpu_has_bf16_matmul()
+        Self::from_tensors(&vb.get((out_dim, in_dim), "weight")?, Some(&vb.get(out_dim, "bias")?), vb.dtype())
     }
 
     /// From a weight tensor `(out, in)` and an optional bias, computing in `dtype`'s way:
