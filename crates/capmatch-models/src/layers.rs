@@ -3,11 +3,11 @@
 //! multiply in.
 //!
 //! On the CPU activations are f32 whatever the storage dtype (candle's CPU backend has no
-//! bf16 kernels): a [`Lin`] multiplies through `ops::Dense` — `gemm` for f32
-//! weights, AVX512_BF16 dot products for bf16 weights (packed once at load) — and the small
-//! tensors (norms, biases, position tables) are widened to f32 once at load. Where the CPU
-//! lacks bf16 instructions, bf16 weights stay bf16 and are widened per product. On other
-//! devices the compute dtype is the storage dtype.
+//! bf16 kernels): a [`Lin`] multiplies through `ops::Dense` — f32 weights packed for an
+//! AVX-512 kernel (`gemm` on other CPUs), bf16 weights packed once for AVX512_BF16 dot
+//! products — and the small tensors (norms, biases, position tables) are widened to f32 once
+//! at load. Where the CPU lacks bf16 instructions, bf16 weights stay bf16 and are widened per
+//! product. On other devices the compute dtype is the storage dtype.
 
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ fn compute_of(vb: &VarBuilder) -> DType {
     compute_dtype(vb.dtype(), vb.device())
 }
 
-/// `nn.Linear`. On the CPU its weight lives in a `Dense`: f32 through `gemm`, or bf16
+/// `nn.Linear`. On the CPU its weight lives in a `Dense`: f32 (packed, or `gemm`), or bf16
 /// packed once for AVX512_BF16's dot product (activations rounded to bf16 per product, f32
 /// accumulation, as PyTorch's bf16 linear). Elsewhere, and for bf16/f16 on CPUs without
 /// bf16 instructions, the weight stays in its storage dtype and is widened per product.
