@@ -646,6 +646,35 @@ fn no_f32_packing() -> bool {
 mod tile_io {
     use std::arch::x86_64::*;
 
+    /// One microkernel call's place in a product: a column group, a pass over k, a row tile.
+    pub struct Tile {
+        pub group: usize,
+        /// Columns of the group that exist (the last group may be narrower).
+        pub cols: usize,
+        pub k0: usize,
+        pub kc: usize,
+        pub r: usize,
+        pub rows: usize,
+    }
+
+    /// The order both kernels walk an (m × n) product with `k` steps: column groups of
+    /// `group` in parallel; within one, k in passes of `kc` (so the panel block stays in
+    /// cache), and within a pass every row tile of `mr` rows.
+    pub fn for_each_tile(m: usize, n: usize, k: usize, group: usize, kc: usize, mr: usize, f: impl Fn(Tile) + Sync) {
+        use rayon::prelude::*;
+        (0..n.div_ceil(group)).into_par_iter().for_each(|g| {
+            let cols = (n - g * group).min(group);
+            for k0 in (0..k).step_by(kc) {
+                let mut r = 0;
+                while r < m {
+                    let rows = (m - r).min(mr);
+                    f(Tile { group: g, cols, k0, kc: kc.min(k - k0), r, rows });
+                    r += rows;
+                }
+            }
+        });
+    }
+
     /// Lane masks of a tile's NB 16-column vectors when only its first `cols` columns exist.
     #[inline(always)]
     pub fn column_masks<const NB: usize>(cols: usize) -> [__mmask16; NB] {
@@ -751,22 +780,13 @@ mod f32x86 {
         pub fn matmul_into(&self, x: &[f32], m: usize, bias: &[f32], dst: &mut [f32], accumulate: bool) {
             let (k, n) = (self.k, self.n);
             let dst_ptr = super::SendPtr(dst.as_mut_ptr());
-            (0..n.div_ceil(GROUP)).into_par_iter().for_each(|g| {
-                let panel = &self.data[g * k * GROUP..(g + 1) * k * GROUP];
-                let cols = (n - g * GROUP).min(GROUP);
-                for k0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - k0);
-                    let mut r = 0;
-                    while r < m {
-                        let rows = (m - r).min(MR);
-                        // SAFETY: AVX-512F was checked by `available`; this task writes only
-                        // columns [g*48, g*48+cols) of rows r..r+rows.
-                        unsafe {
-                            let first = k0 == 0;
-                            tile(&x[r * k + k0..], k, rows, &panel[k0 * GROUP..], kc, bias, g * GROUP, cols, dst_ptr.get().add(r * n), n, first, accumulate);
-                        }
-                        r += rows;
-                    }
+            super::tile_io::for_each_tile(m, n, k, GROUP, KC, MR, |t| {
+                let panel = &self.data[t.group * k * GROUP..][t.k0 * GROUP..];
+                // SAFETY: AVX-512F was checked by `available`; this tile writes only its
+                // columns of rows r..r+rows, and no other task writes them.
+                unsafe {
+                    let dst = dst_ptr.get().add(t.r * n);
+                    tile(&x[t.r * k + t.k0..], k, t.rows, panel, t.kc, bias, t.group * GROUP, t.cols, dst, n, t.k0 == 0, accumulate);
                 }
             });
         }
@@ -906,23 +926,14 @@ mod bf16x86 {
             });
             let a = &*a;
             let dst_ptr = super::SendPtr(dst.as_mut_ptr());
-            let groups = n.div_ceil(GROUP);
-            (0..groups).into_par_iter().for_each(|g| {
-                let panel = &self.data[g * k2 * GROUP * 2..(g + 1) * k2 * GROUP * 2];
-                let cols = (n - g * GROUP).min(GROUP);
-                for p0 in (0..k2).step_by(KC2) {
-                    let pc = KC2.min(k2 - p0);
-                    let mut r = 0;
-                    while r < m {
-                        let rows = (m - r).min(MR);
-                        // SAFETY: the feature check is done by the caller (`available`); this
-                        // task writes only columns [g*64, g*64+cols) of rows r..r+rows.
-                        unsafe {
-                            let block = &panel[p0 * GROUP * 2..];
-                            tile(&a[r * k2 + p0..], k2, rows, block, pc, bias, g * GROUP, cols, dst_ptr.get().add(r * n), n, p0 == 0, accumulate);
-                        }
-                        r += rows;
-                    }
+            // Steps of k are pairs here (one u32 of `a`, two bf16 of a panel per column).
+            super::tile_io::for_each_tile(m, n, k2, GROUP, KC2, MR, |t| {
+                let block = &self.data[t.group * k2 * GROUP * 2..][t.k0 * GROUP * 2..];
+                // SAFETY: the feature check is done by the caller (`available`); this tile
+                // writes only its columns of rows r..r+rows, and no other task writes them.
+                unsafe {
+                    let dst = dst_ptr.get().add(t.r * n);
+                    tile(&a[t.r * k2 + t.k0..], k2, t.rows, block, t.kc, bias, t.group * GROUP, t.cols, dst, n, t.k0 == 0, accumulate);
                 }
             });
             BUF.with(|b| *b.borrow_mut() = buf);
