@@ -10,20 +10,9 @@ use std::time::Instant;
 use capmatch_index::store::{FileRecord, ImageRecord, WriteBatch};
 use capmatch_index::{Gallery, ModelIdentity, Scoring, SqliteStore, Store};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn unit(&mut self, dim: usize) -> Vec<f32> {
-        let v: Vec<f32> = (0..dim).map(|_| self.next()).collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.into_iter().map(|x| x / n).collect()
-    }
-}
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();

@@ -3,21 +3,8 @@
 mod common;
 
 use capmatch_index::{dot, index_folders, Gallery, IndexOptions, NoObserver, Scoring, SqliteStore};
+use common::rng::Rng;
 use common::*;
-
-/// A small deterministic generator (no rand dependency): xorshift.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn unit(&mut self, dim: usize) -> Vec<f32> {
-        normalise((0..dim).map(|_| self.next()).collect())
-    }
-}
 
 struct Item {
     path: String,

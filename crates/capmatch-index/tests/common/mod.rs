@@ -1,6 +1,8 @@
 //! Deterministic fake models and gallery helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod rng;
+
 use std::path::{Path, PathBuf};
 
 use capmatch_index::{GalleryModels, ModelIdentity};
