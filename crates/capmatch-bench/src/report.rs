@@ -282,7 +282,7 @@ impl Report {
              inputs cast to the model dtype, under `torch.inference_mode()`.\n\
              - Text: 32 captions that the CLIP tokenizer turns into exactly 20 tokens (start/end included).\n\
              - Search: L2-normalised random 512-d float32 vectors in a `.npy` file both sides read; one query per \
-             call (the interactive case), top 10. capmatch uses `capmatch_index::Gallery::search` in caption \
+             call (the interactive case), top 10. capmatch uses `capmatch_store::ExactIndex::search` (memory-mapped, as `capmatch search` opens it) in caption \
              mode with each vector as the entry's caption and image embedding (the gallery holds both matrices, \
              which its memory figure includes); faiss uses `IndexFlatIP`.\n\
              - `capmatch index`: the real binary on folders of real PNG files (alpha, odd sizes), fresh database \

@@ -1,30 +1,40 @@
 //! Deterministic fake models and gallery helpers shared by the integration tests.
 #![allow(dead_code)]
 
-pub mod rng;
 
 use std::path::{Path, PathBuf};
 
-use capmatch_index::{GalleryModels, ModelIdentity};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use capmatch_engine::{GalleryModels, ModelIdentity};
 use image::RgbImage;
 
 pub const DIM: usize = 8;
 
 /// Fake captioner + CLIP: captions name the dominant colour, image embeddings are pixel
-/// statistics, text embeddings are derived from the text's hash. Counts every call.
+/// statistics, text embeddings are derived from the text's hash. Counts every call (clones
+/// share the counters, so a test keeps its copy while the engine holds another).
+#[derive(Clone)]
 pub struct FakeModels {
     pub name: String,
     pub prompt: String,
     /// Also caption every image with its size (two captions per image).
     pub two_captions: bool,
-    pub caption_calls: usize,
-    pub text_calls: usize,
-    pub image_calls: usize,
-    pub images_seen: usize,
     /// `embed_images` fails from this call on (1-based).
     pub fail_from_call: Option<usize>,
     /// `embed_images` fails on any batch containing an image of this width.
     pub poison_width: Option<u32>,
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    caption_calls: AtomicUsize,
+    text_calls: AtomicUsize,
+    texts_seen: AtomicUsize,
+    image_calls: AtomicUsize,
+    images_seen: AtomicUsize,
 }
 
 impl FakeModels {
@@ -33,16 +43,28 @@ impl FakeModels {
             name: "fake-clip".into(),
             prompt: "a picture of".into(),
             two_captions: false,
-            caption_calls: 0,
-            text_calls: 0,
-            image_calls: 0,
-            images_seen: 0,
             fail_from_call: None,
             poison_width: None,
+            counts: Arc::default(),
         }
     }
+    pub fn caption_calls(&self) -> usize {
+        self.counts.caption_calls.load(Ordering::SeqCst)
+    }
+    pub fn text_calls(&self) -> usize {
+        self.counts.text_calls.load(Ordering::SeqCst)
+    }
+    pub fn texts_seen(&self) -> usize {
+        self.counts.texts_seen.load(Ordering::SeqCst)
+    }
+    pub fn image_calls(&self) -> usize {
+        self.counts.image_calls.load(Ordering::SeqCst)
+    }
+    pub fn images_seen(&self) -> usize {
+        self.counts.images_seen.load(Ordering::SeqCst)
+    }
     pub fn model_calls(&self) -> usize {
-        self.caption_calls + self.text_calls + self.image_calls
+        self.caption_calls() + self.text_calls() + self.image_calls()
     }
 }
 
@@ -113,17 +135,18 @@ impl GalleryModels for FakeModels {
             prompt: self.prompt.clone(),
         }
     }
-    fn caption(&mut self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<String>>> {
-        self.caption_calls += 1;
+    fn caption(&self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<String>>> {
+        self.counts.caption_calls.fetch_add(1, Ordering::SeqCst);
         Ok(images.iter().map(|i| fake_captions(i, self.two_captions)).collect())
     }
-    fn embed_texts(&mut self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
-        self.text_calls += 1;
+    fn embed_texts(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.counts.text_calls.fetch_add(1, Ordering::SeqCst);
+        self.counts.texts_seen.fetch_add(texts.len(), Ordering::SeqCst);
         Ok(texts.iter().map(|t| fake_text_embedding(t)).collect())
     }
-    fn embed_images(&mut self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<f32>>> {
-        self.image_calls += 1;
-        if self.fail_from_call.is_some_and(|n| self.image_calls >= n) {
+    fn embed_images(&self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let call = self.counts.image_calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_from_call.is_some_and(|n| call >= n) {
             anyhow::bail!("simulated model failure");
         }
         if let Some(w) = self.poison_width {
@@ -131,7 +154,7 @@ impl GalleryModels for FakeModels {
                 anyhow::bail!("simulated poison image");
             }
         }
-        self.images_seen += images.len();
+        self.counts.images_seen.fetch_add(images.len(), Ordering::SeqCst);
         Ok(images.iter().map(fake_image_embedding).collect())
     }
 }
@@ -160,4 +183,36 @@ pub fn copy_real_images(dir: &Path) -> Vec<PathBuf> {
 /// A solid-colour PNG.
 pub fn write_solid_png(path: &Path, w: u32, h: u32, rgb: [u8; 3]) {
     RgbImage::from_pixel(w, h, image::Rgb(rgb)).save(path).unwrap();
+}
+
+/// Opens `db` for writing with `models` (a clone sharing its counters).
+pub fn writer(db: &Path, models: &FakeModels) -> capmatch_engine::Result<capmatch_engine::Engine> {
+    capmatch_engine::Engine::open_writer(db, Arc::new(models.clone()), false, &|_| {})
+}
+
+/// Opens `db` for searching.
+pub fn reader(db: &Path) -> capmatch_engine::Engine {
+    capmatch_engine::Engine::open_reader(db, capmatch_engine::QueryModels::default()).unwrap()
+}
+
+/// Every indexed file with its vectors, in path order.
+pub fn gallery_of(db: &Path) -> Vec<(capmatch_engine::store::ImageEntry, capmatch_engine::store::VectorRecord)> {
+    let engine = reader(db);
+    let ids: Vec<_> = engine.ids().unwrap().into_iter().map(|(id, _)| id).collect();
+    let mut out: Vec<_> = engine
+        .entries(&ids)
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            let v = engine.vectors(e.id).unwrap();
+            (e, v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    out
+}
+
+pub fn summary_of(db: &Path) -> capmatch_engine::CatalogSummary {
+    reader(db).summary().unwrap()
 }

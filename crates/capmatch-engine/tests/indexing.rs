@@ -5,8 +5,8 @@ mod common;
 use std::path::Path;
 
 use capmatch_core::image_io::DecodeLimits;
-use capmatch_index::store::StoreError;
-use capmatch_index::{index_folders, Gallery, IndexOptions, IndexReport, NoObserver, SqliteStore, Store};
+use capmatch_engine::store::{SqliteCatalog, StoreError};
+use capmatch_engine::{EngineError, GalleryModels, IndexOptions, IndexReport, NoObserver};
 use common::*;
 
 fn options(root: &Path) -> IndexOptions {
@@ -15,15 +15,12 @@ fn options(root: &Path) -> IndexOptions {
     o
 }
 
-fn run(db: &Path, opts: &IndexOptions, models: &mut FakeModels) -> anyhow::Result<IndexReport> {
-    let mut store = SqliteStore::open(db)?;
-    index_folders(&mut store, models, opts, &NoObserver)
+fn run(db: &Path, opts: &IndexOptions, models: &mut FakeModels) -> Result<IndexReport, EngineError> {
+    writer(db, models)?.index_folders(opts, &NoObserver)
 }
 
 fn indexed_paths(db: &Path) -> Vec<String> {
-    let store = SqliteStore::open_read_only(db).unwrap();
-    let g = Gallery::load(&store, None).unwrap();
-    (0..g.len()).map(|i| g.path(i).to_owned()).collect()
+    gallery_of(db).into_iter().map(|(e, _)| e.path).collect()
 }
 
 fn canon(p: &Path) -> String {
@@ -43,16 +40,15 @@ fn first_run_indexes_everything_and_second_run_does_no_model_work() {
     assert_eq!(report.candidates, 6);
     assert_eq!(report.indexed, 6);
     assert_eq!(report.skipped, 0);
-    assert_eq!(models.images_seen, 6);
-    assert_eq!(models.image_calls, 3, "six images in batches of two");
+    assert_eq!(models.images_seen(), 6);
+    assert_eq!(models.image_calls(), 3, "six images in batches of two");
 
     let mut again = FakeModels::new();
     let report = run(&db, &options(&gallery), &mut again).unwrap();
     assert_eq!(again.model_calls(), 0, "second run must not call the models");
     assert_eq!((report.indexed, report.unchanged, report.reused, report.skipped), (0, 6, 0, 0));
 
-    let store = SqliteStore::open_read_only(&db).unwrap();
-    let summary = store.summary().unwrap();
+    let summary = summary_of(&db);
     assert_eq!(summary.files, 6);
     assert_eq!(summary.images, 6);
     assert_eq!(summary.dim, Some(DIM));
@@ -63,23 +59,24 @@ fn first_run_indexes_everything_and_second_run_does_no_model_work() {
     assert_eq!(indexed_paths(&db), expected);
 
     // Stored vectors and captions are exactly what the models produced.
-    let g = Gallery::load(&store, None).unwrap();
+    let g = gallery_of(&db);
     for (i, f) in files.iter().enumerate() {
         let img = capmatch_core::image_io::decode_file(f, &DecodeLimits::default()).unwrap();
-        assert_eq!(g.captions(i), fake_captions(&img, false).as_slice());
+        assert_eq!(g[i].0.captions, fake_captions(&img, false));
         let want = fake_image_embedding(&img);
-        for (a, b) in g.image_embedding(i).iter().zip(&want) {
+        for (a, b) in g[i].1.image.iter().zip(&want) {
             assert!((a - b).abs() < 1e-6);
         }
+        assert_eq!(g[i].1.captions, fake_text_embedding(&g[i].0.captions[0]), "the caption's vector, exactly");
     }
 }
 
 trait IdentityForTest {
-    fn identity_for_test(&self) -> capmatch_index::ModelIdentity;
+    fn identity_for_test(&self) -> capmatch_engine::ModelIdentity;
 }
 impl IdentityForTest for FakeModels {
-    fn identity_for_test(&self) -> capmatch_index::ModelIdentity {
-        capmatch_index::GalleryModels::identity(self)
+    fn identity_for_test(&self) -> capmatch_engine::ModelIdentity {
+        GalleryModels::identity(self)
     }
 }
 
@@ -103,15 +100,13 @@ fn changed_file_is_reindexed_and_moved_file_reuses_vectors() {
     assert_eq!(report.indexed, 1, "{report:?}");
     assert_eq!(report.reused, 1, "{report:?}");
     assert_eq!(report.unchanged, 4, "{report:?}");
-    assert_eq!(models.images_seen, 1, "only the changed file goes through the models");
+    assert_eq!(models.images_seen(), 1, "only the changed file goes through the models");
 
-    let store = SqliteStore::open_read_only(&db).unwrap();
-    let g = Gallery::load(&store, None).unwrap();
-    let i = (0..g.len()).find(|&i| g.path(i) == canon(&files[0])).unwrap();
-    assert_eq!(g.captions(i), ["a picture of something red".to_string()]);
+    let g = gallery_of(&db);
+    let i = g.iter().position(|(e, _)| e.path == canon(&files[0])).unwrap();
+    assert_eq!(g[i].0.captions, ["a picture of something red".to_string()]);
     // Without --prune the old path of the moved file is still remembered.
     assert_eq!(g.len(), 7);
-    drop(store);
 
     let mut opts = options(&gallery);
     opts.prune = true;
@@ -119,8 +114,7 @@ fn changed_file_is_reindexed_and_moved_file_reuses_vectors() {
     let report = run(&db, &opts, &mut models).unwrap();
     assert_eq!(report.pruned, 1);
     assert_eq!(models.model_calls(), 0);
-    let store = SqliteStore::open_read_only(&db).unwrap();
-    let summary = store.summary().unwrap();
+    let summary = summary_of(&db);
     assert_eq!(summary.files, 6);
     assert_eq!(summary.images, 6, "the changed file's old vectors are collected by prune");
     let old_path = Path::new(&canon(&gallery)).join(files[1].file_name().unwrap()).to_str().unwrap().to_owned();
@@ -147,8 +141,7 @@ fn prune_forgets_deleted_and_skipped_files_but_not_other_roots() {
     opts.prune = true;
     let report = run(&db, &opts, &mut FakeModels::new()).unwrap();
     assert_eq!(report.pruned, 2, "a's deleted file and b's deleted skipped file");
-    let store = SqliteStore::open_read_only(&db).unwrap();
-    let summary = store.summary().unwrap();
+    let summary = summary_of(&db);
     assert_eq!(summary.files, 6, "a's five remaining files are kept though a was not walked");
     assert!(summary.skipped.is_empty());
     let deleted = Path::new(&canon(&a)).join(files_a[2].file_name().unwrap()).to_str().unwrap().to_owned();
@@ -166,8 +159,7 @@ fn models_of_another_identity_are_refused() {
     let mut other = FakeModels::new();
     other.name = "another-clip".into();
     let err = run(&db, &options(&gallery), &mut other).unwrap_err();
-    let store_err = err.downcast_ref::<StoreError>().expect("a StoreError");
-    assert!(matches!(store_err, StoreError::ModelMismatch { .. }), "{err:#}");
+    assert!(matches!(err, EngineError::Store(StoreError::ModelMismatch { .. })), "{err:#}");
     let message = format!("{err:#}");
     assert!(message.contains("fake-clip") && message.contains("another-clip"), "{message}");
     assert_eq!(other.model_calls(), 0);
@@ -207,10 +199,9 @@ fn bad_inputs_are_skipped_with_reasons_and_the_run_goes_on() {
     let report = run(&db, &opts, &mut models).unwrap();
     assert_eq!(report.indexed, 6, "{report:?}");
     assert_eq!(report.skipped, 6, "{report:?}");
-    assert_eq!(models.images_seen, 6, "bad files never reach the models");
+    assert_eq!(models.images_seen(), 6, "bad files never reach the models");
 
-    let store = SqliteStore::open_read_only(&db).unwrap();
-    let summary = store.summary().unwrap();
+    let summary = summary_of(&db);
     assert_eq!(summary.files, 6);
     let reason = |name: &str| {
         summary
@@ -227,14 +218,13 @@ fn bad_inputs_are_skipped_with_reasons_and_the_run_goes_on() {
     assert!(reason("notes.jpg").contains("not a supported image format"), "{}", reason("notes.jpg"));
     assert!(reason("huge.png").contains("exceeds the limit"), "{}", reason("huge.png"));
     assert!(reason("bomb.png").contains("100000x100000"), "{}", reason("bomb.png"));
-    drop(store);
 
     // A fixed file leaves the skipped list on the next run.
     std::fs::write(gallery.join("zero.png"), &good).unwrap();
     let report = run(&db, &opts, &mut FakeModels::new()).unwrap();
     assert_eq!(report.reused, 1, "zero.png now has the bytes of an indexed file: {report:?}");
     assert_eq!(report.skipped, 5);
-    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    let summary = summary_of(&db);
     assert_eq!(summary.files, 7);
     assert_eq!(summary.skipped.len(), 5);
 }
@@ -253,7 +243,7 @@ fn unreadable_file_is_recorded() {
     let db = tmp.path().join("index.db");
     let report = run(&db, &options(&gallery), &mut FakeModels::new()).unwrap();
     assert_eq!((report.indexed, report.skipped), (5, 1));
-    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    let summary = summary_of(&db);
     assert!(summary.skipped[0].reason.contains("cannot read"), "{:?}", summary.skipped);
 }
 
@@ -269,19 +259,17 @@ fn a_failing_batch_leaves_no_half_written_records_and_a_rerun_completes() {
     let err = run(&db, &options(&gallery), &mut failing).unwrap_err();
     assert!(format!("{err:#}").contains("simulated model failure"), "{err:#}");
 
-    let store = SqliteStore::open_read_only(&db).unwrap();
-    let summary = store.summary().unwrap();
+    let summary = summary_of(&db);
     assert_eq!(summary.files, 4, "the two committed batches, nothing of the third");
     assert_eq!(summary.images, 4);
     assert!(summary.skipped.is_empty(), "a broken model is not the images' fault");
-    let g = Gallery::load(&store, None).unwrap();
-    assert_eq!(g.len(), 4, "every committed file has its vectors");
-    drop(store);
+    assert_eq!(gallery_of(&db).len(), 4, "every committed file has its vectors");
+    assert!(reader(&db).check(true).unwrap().is_ok());
 
     let mut models = FakeModels::new();
     let report = run(&db, &options(&gallery), &mut models).unwrap();
     assert_eq!((report.indexed, report.unchanged), (2, 4));
-    assert_eq!(models.images_seen, 2);
+    assert_eq!(models.images_seen(), 2);
     let paths = indexed_paths(&db);
     assert_eq!(paths.len(), 6);
     let mut dedup = paths.clone();
@@ -302,7 +290,7 @@ fn a_poisonous_image_is_skipped_alone() {
     opts.batch_size = 4;
     let report = run(&db, &opts, &mut models).unwrap();
     assert_eq!((report.indexed, report.skipped), (6, 1), "{report:?}");
-    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    let summary = summary_of(&db);
     assert_eq!(summary.skipped.len(), 1);
     assert!(summary.skipped[0].path.ends_with("poison.png"));
     assert!(summary.skipped[0].reason.contains("model error"), "{:?}", summary.skipped);
@@ -319,8 +307,8 @@ fn identical_files_are_computed_once() {
     let mut models = FakeModels::new();
     let report = run(&db, &options(&gallery), &mut models).unwrap();
     assert_eq!(report.indexed, 8);
-    assert_eq!(models.images_seen, 6);
-    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    assert_eq!(models.images_seen(), 6);
+    let summary = summary_of(&db);
     assert_eq!((summary.files, summary.images), (8, 6));
 }
 
@@ -340,7 +328,7 @@ fn symlink_loops_are_not_followed_twice_and_domains_follow_roots() {
     let report = run(&db, &opts, &mut FakeModels::new()).unwrap();
     assert_eq!(report.indexed, 7, "{report:?}");
     assert!(report.walk_problems >= 2, "loop and dangling link are reported: {report:?}");
-    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    let summary = summary_of(&db);
     let counts: Vec<(String, u64)> = summary.domains.iter().map(|d| (d.domain.clone(), d.files)).collect();
     assert_eq!(counts, vec![("cartoons".into(), 6), ("photos".into(), 1)]);
 
@@ -349,7 +337,7 @@ fn symlink_loops_are_not_followed_twice_and_domains_follow_roots() {
     let mut models = FakeModels::new();
     run(&db, &opts, &mut models).unwrap();
     assert_eq!(models.model_calls(), 0);
-    let summary = SqliteStore::open_read_only(&db).unwrap().summary().unwrap();
+    let summary = summary_of(&db);
     assert_eq!(summary.domains.len(), 1);
     assert_eq!(summary.domains[0].domain, "mixed");
     assert_eq!(summary.domains[0].files, 7);
@@ -364,11 +352,10 @@ fn several_captions_are_all_stored() {
     let mut models = FakeModels::new();
     models.two_captions = true;
     run(&db, &options(&gallery), &mut models).unwrap();
-    let store = SqliteStore::open_read_only(&db).unwrap();
-    let summary = store.summary().unwrap();
+    let summary = summary_of(&db);
     assert_eq!(summary.domains[0].captions, 12);
-    let g = Gallery::load(&store, None).unwrap();
-    assert!((0..g.len()).all(|i| g.captions(i).len() == 2));
+    let g = gallery_of(&db);
+    assert!(g.iter().all(|(e, v)| e.captions.len() == 2 && v.captions.len() == 2 * DIM));
 }
 
 #[test]
@@ -383,11 +370,12 @@ fn a_missing_root_is_an_error_and_foreign_databases_are_refused() {
         let conn = rusqlite::Connection::open(&foreign).unwrap();
         conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
     }
-    assert!(matches!(SqliteStore::open(&foreign), Err(StoreError::NotAnIndex(_))));
+    assert!(matches!(SqliteCatalog::open(&foreign), Err(StoreError::NotAnIndex(_))));
+    assert!(matches!(run(&foreign, &options(tmp.path()), &mut FakeModels::new()), Err(EngineError::Store(StoreError::NotAnIndex(_)))));
     let text = tmp.path().join("text.db");
     std::fs::write(&text, "hello, this is not sqlite at all, not even close to a header").unwrap();
-    assert!(SqliteStore::open(&text).is_err());
-    assert!(matches!(SqliteStore::open_read_only(&tmp.path().join("absent.db")), Err(StoreError::Missing(_))));
+    assert!(SqliteCatalog::open(&text).is_err());
+    assert!(matches!(SqliteCatalog::open_read_only(&tmp.path().join("absent.db")), Err(StoreError::Missing(_))));
 }
 
 /// A decompression bomb: a valid PNG signature and IHDR announcing `w`×`h` RGB pixels, and a

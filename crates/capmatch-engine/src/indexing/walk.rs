@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use anyhow::Context;
+use crate::error::{EngineError, Result};
 
 /// Whether a path names an image capmatch tries to decode: the extensions decoding supports
 /// (one list, in `capmatch_core::image_io`, shared with the dataset walk of `eval`).
@@ -50,11 +50,13 @@ pub fn default_domain(root: &Path) -> String {
 /// Walks `roots` recursively, following symlinks (a link back to an ancestor is reported
 /// once as a loop and not entered). A root that does not exist is an error: a typo should
 /// not look like an empty gallery.
-pub fn collect_candidates(roots: &[PathBuf], domain: Option<&str>) -> anyhow::Result<WalkOutcome> {
+pub fn collect_candidates(roots: &[PathBuf], domain: Option<&str>) -> Result<WalkOutcome> {
     let mut outcome = WalkOutcome::default();
     let mut seen = HashSet::new();
     for root in roots {
-        let root = root.canonicalize().with_context(|| format!("cannot open folder {}", root.display()))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| EngineError::NotFound(format!("cannot open folder {}: {e}", root.display())))?;
         let domain = domain.map(str::to_owned).unwrap_or_else(|| default_domain(&root));
         for entry in walkdir::WalkDir::new(&root).follow_links(true) {
             let entry = match entry {
