@@ -199,7 +199,10 @@ impl Engine {
         self.require_writer()?;
         let models = self.models()?;
         let stored = indexing::uploads::store_uploads(self.db(), uploads, &self.limits)?;
-        let candidates: Vec<_> = stored.iter().filter_map(|s| s.as_ref().ok().cloned()).collect();
+        let mut candidates: Vec<_> = stored.iter().filter_map(|s| s.as_ref().ok().cloned()).collect();
+        // The same bytes uploaded twice are one stored file.
+        candidates.sort_by(|a, b| a.path.cmp(&b.path));
+        candidates.dedup_by(|a, b| a.path == b.path);
         let mut options = IndexOptions::new(Vec::new());
         options.batch_size = batch_size.max(1);
         options.limits = self.limits;
