@@ -36,7 +36,7 @@ use capmatch_core::image_io::DecodeLimits;
 use capmatch_core::Device;
 pub use capmatch_store::{ImageEntry, ImageId, ModelIdentity, VectorRecord};
 
-pub use capmatch_retrieval::Mode;
+pub use capmatch_retrieval::{self as retrieval, Mode};
 pub use capmatch_store::{self as store, CatalogSummary, IndexStats};
 pub use check::{CheckReport, Problem};
 pub use error::{EngineError, ErrorKind, Result};
