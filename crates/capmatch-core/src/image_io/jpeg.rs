@@ -236,8 +236,10 @@ pub struct ReducedScale {
 }
 
 impl ReducedScale {
-    /// The margin measured to keep the model input close to a full decode (README, "Images").
-    pub const DEFAULT_MARGIN: f64 = 2.0;
+    /// The margin chosen from measurements on real photos (README, "Images"): with it, the
+    /// 8-bit model input stayed within 16 levels of the full decode's at worst, 0.52 levels
+    /// on average for the worst image, 0.15 for the median one.
+    pub const DEFAULT_MARGIN: f64 = 3.0;
 
     /// Reduced scale for images that will be resized to `target`, with [`Self::DEFAULT_MARGIN`].
     pub fn for_target(target: ResizeTarget) -> Self {
@@ -246,7 +248,12 @@ impl ReducedScale {
 
     /// libjpeg's `scale_num` over a denominator of 8 (8 = full size) for an image stored as
     /// `width` x `height` and shown with `orientation`: the smallest of 1, 2, 4 that keeps
-    /// the margin, else 8.
+    /// the margin and divides both sides exactly, else 8.
+    ///
+    /// Exact division keeps the geometry of the full image: each reduced pixel covers whole
+    /// source pixels, so the resize samples the same places, and a shortest-edge resize gets
+    /// the same output size (hence the same centre crop). A partial edge block would shift
+    /// the whole grid, and a crop one pixel off moves every pixel of the model input.
     pub fn numerator_for(&self, width: u32, height: u32, orientation: Orientation) -> u8 {
         let swaps = matches!(
             orientation,
@@ -257,7 +264,11 @@ impl ReducedScale {
         [1u8, 2, 4]
             .into_iter()
             .find(|&n| {
-                let (w, h) = (scaled(width, n), scaled(height, n));
+                let divisor = 8 / n as u32;
+                if width % divisor != 0 || height % divisor != 0 {
+                    return false;
+                }
+                let (w, h) = (width / divisor, height / divisor);
                 match self.target {
                     ResizeTarget::ShortestEdge(s) => enough(s, w.min(h)),
                     ResizeTarget::Exact { height: th, width: tw } => enough(tw, w) && enough(th, h),
@@ -304,6 +315,10 @@ mod tests {
         assert_eq!(clip.numerator_for(800, 600, none), 8);
         // A panorama: only the short side matters for shortest-edge resizing.
         assert_eq!(clip.numerator_for(20000, 880, none), 8);
+        // Sides that 8 does not divide fall back to 1/4, or 1/2, or full size.
+        assert_eq!(clip.numerator_for(8000, 6004, none), 2);
+        assert_eq!(clip.numerator_for(8000, 6002, none), 4);
+        assert_eq!(clip.numerator_for(8000, 6001, none), 8);
         // An exact target needs the margin on both sides, after EXIF rotation.
         let wide = ReducedScale { target: ResizeTarget::Exact { height: 100, width: 400 }, margin: 2.0 };
         assert_eq!(wide.numerator_for(6400, 1600, none), 1);
