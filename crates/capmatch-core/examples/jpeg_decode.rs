@@ -5,7 +5,8 @@
 //!   capmatch's decoder (libjpeg-turbo), the `image` crate's (zune-jpeg, capmatch's decoder
 //!   before), and capmatch's decode + CLIP preprocessing at full and at reduced scale
 //!   ([`ReducedScale`] for a 224 shortest edge). One JSON object per file and decoder on
-//!   stdout, times in milliseconds (every round's figure, the caller takes the median);
+//!   stdout, times in milliseconds (every round's figure, the caller takes the median): wall
+//!   time and this thread's CPU time (which other processes on a shared machine disturb less);
 //!   `tools/reference/jpeg_decode_bench.py` runs this interleaved with Pillow.
 //! - `--dump DIR`: writes each full-resolution decode as raw RGB to `DIR/<file name>.rgb`
 //!   (the bench script compares them with Pillow's pixels).
@@ -79,18 +80,30 @@ fn time_decoders(name: &str, bytes: &[u8], rounds: usize) -> anyhow::Result<()> 
             Ok(())
         }),
     ];
-    let mut times = vec![Vec::new(); decoders.len()];
+    let mut times = vec![(Vec::new(), Vec::new()); decoders.len()];
     for _ in 0..rounds {
-        for ((_, decode), times) in decoders.iter().zip(&mut times) {
-            let t = Instant::now();
+        for ((_, decode), (wall, cpu)) in decoders.iter().zip(&mut times) {
+            let (t, c) = (Instant::now(), thread_cpu_ms());
             decode()?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            wall.push(t.elapsed().as_secs_f64() * 1e3);
+            cpu.push(thread_cpu_ms() - c);
         }
     }
-    for ((decoder, _), ms) in decoders.iter().zip(times) {
-        println!("{}", json!({"file": name, "width": width, "height": height, "decoder": decoder, "ms": ms}));
+    for ((decoder, _), (ms, cpu_ms)) in decoders.iter().zip(times) {
+        println!(
+            "{}",
+            json!({"file": name, "width": width, "height": height, "decoder": decoder, "ms": ms, "cpu_ms": cpu_ms})
+        );
     }
     Ok(())
+}
+
+/// CPU time this thread has used, in milliseconds.
+fn thread_cpu_ms() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write to; the clock id is a constant libc knows.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
 fn reduced_scale_errors(name: &str, bytes: &[u8]) -> anyhow::Result<()> {
