@@ -27,7 +27,9 @@ up as Pillow sets it up); only lossy WebP carries a tolerance (libwebp vs the `i
 decoder). The JPEG samples cover baseline and progressive, 4:4:4 / 4:2:2 / 4:2:0, greyscale,
 CMYK and YCCK (Adobe), restart markers, optimised Huffman tables, odd sizes, extreme
 qualities, a real photo and EXIF orientations 1-8. Pillow cannot write YCCK, so that sample is
-assembled from two Pillow-encoded JPEGs (see `ycck_jpeg`).
+assembled from two Pillow-encoded JPEGs (see `ycck_jpeg`). The `jpeg_photo_*` samples are made
+from fixtures/images/real/photo_lemon.png (a Tux Paint stamp, GPL-2.0-or-later; see
+fixtures/images/real/LICENSE.md), shrunk to 61x45.
 """
 import io
 import json
