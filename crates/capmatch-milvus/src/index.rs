@@ -2,16 +2,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use capmatch_retrieval::{components, top_k_images, GalleryVectors, QueryVectors, Target};
+use capmatch_retrieval::{components, top_k_images, GalleryVectors, QueryVectors};
 use capmatch_store::{ImageId, IndexStats, ShardCount, StoreError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use milvus::proto::common::{ConsistencyLevel, DslType, KeyValuePair, PlaceholderGroup, PlaceholderType, PlaceholderValue};
 use milvus::proto::milvus as rpc;
-use milvus::proto::schema::{id_s, FieldData};
+use milvus::proto::schema::{i_ds, FieldData};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::address::MilvusAddress;
-use crate::error::MilvusError;
 use crate::fields::{floats, get_floats, get_longs, get_strings, in_list, longs, quoted, strings};
 use crate::rpc::Connection;
 use crate::schema::{self, Names, MAX_DOMAIN};
@@ -362,7 +361,7 @@ impl MilvusIndex {
         let Some(data) = r.results else { return Ok(out) };
         let ids = if id_field == "id" {
             match data.ids.and_then(|i| i.id_field) {
-                Some(id_s::IdField::IntId(a)) => a.data,
+                Some(i_ds::IdField::IntId(a)) => a.data,
                 _ => Vec::new(),
             }
         } else {

@@ -107,7 +107,11 @@ impl Connection {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
+        // The channel's background tasks live on this runtime (they run inside `block_on`).
+        let channel = {
+            let _context = runtime.enter();
+            endpoint.connect_lazy()
+        };
         // Vectors come back in bulk: lift tonic's 4 MiB default on responses.
         let client = MilvusServiceClient::with_interceptor(channel, headers)
             .max_decoding_message_size(512 << 20)
