@@ -85,3 +85,29 @@ pub(crate) fn quoted(s: &str) -> String {
     out.push('"');
     out
 }
+
+/// Milvus refuses NaN and infinity in vectors, but the contract stores vectors as given: a
+/// vector with a non-finite value is searched as zeros (it can never be proposed above a
+/// real match) and kept exactly in the row's `raw` field (base64 of its little-endian
+/// bytes; empty for every finite vector).
+pub(crate) fn searchable(v: &[f32]) -> (Vec<f32>, String) {
+    use base64::Engine as _;
+    if v.iter().all(|x| x.is_finite()) {
+        (v.to_vec(), String::new())
+    } else {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        (vec![0.0; v.len()], base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+}
+
+/// The stored vector: `raw` when set, else the vector field's.
+pub(crate) fn exact(vector: &[f32], raw: &str) -> Vec<f32> {
+    use base64::Engine as _;
+    if raw.is_empty() {
+        return vector.to_vec();
+    }
+    match base64::engine::general_purpose::STANDARD.decode(raw) {
+        Ok(bytes) if bytes.len() == vector.len() * 4 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect(),
+        _ => vector.to_vec(),
+    }
+}

@@ -11,7 +11,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::address::MilvusAddress;
-use crate::fields::{floats, get_floats, get_longs, get_strings, in_list, longs, quoted, strings};
+use crate::fields::{exact, floats, get_floats, get_longs, get_strings, in_list, longs, quoted, searchable, strings};
 use crate::rpc::Connection;
 use crate::schema::{self, Names, MAX_DOMAIN};
 
@@ -284,11 +284,12 @@ impl MilvusIndex {
         }
         for chunk in ids.chunks(IDS_PER_FILTER) {
             let keys: Vec<i64> = chunk.iter().map(|id| id.0 as i64).collect();
-            let f = self.query(&self.names.images, &in_list("id", &keys), &["id", "domain", "version", "image"], None)?;
+            let f = self.query(&self.names.images, &in_list("id", &keys), &["id", "domain", "version", "image", "raw"], None)?;
             let (dim, vectors) = get_floats(&f, "image").unwrap_or((1, Vec::new()));
             let (found, domains, versions) = (get_longs(&f, "id")?, get_strings(&f, "domain")?, get_longs(&f, "version")?);
+            let raw = get_strings(&f, "raw")?;
             for (i, id) in found.into_iter().enumerate() {
-                let image = vectors[i * dim..(i + 1) * dim].to_vec();
+                let image = exact(&vectors[i * dim..(i + 1) * dim], &raw[i]);
                 out.insert(ImageId(id as u64), ImageRow { domain: domains[i].clone(), version: versions[i], image });
             }
         }
@@ -301,14 +302,15 @@ impl MilvusIndex {
         let mut captions: HashMap<ImageId, Vec<(i64, Vec<f32>)>> = HashMap::new();
         let present: Vec<i64> = rows.keys().map(|id| id.0 as i64).collect();
         for chunk in present.chunks(IDS_PER_FILTER) {
-            let f = self.query(&self.names.captions, &in_list("image_id", chunk), &["image_id", "version", "idx", "caption"], None)?;
+            let f = self.query(&self.names.captions, &in_list("image_id", chunk), &["image_id", "version", "idx", "caption", "raw"], None)?;
             let (dim, vectors) = get_floats(&f, "caption").unwrap_or((1, Vec::new()));
             let (owners, versions, idx) = (get_longs(&f, "image_id")?, get_longs(&f, "version")?, get_longs(&f, "idx")?);
+            let raw = get_strings(&f, "raw")?;
             for (i, owner) in owners.into_iter().enumerate() {
                 let id = ImageId(owner as u64);
                 // Rows of an earlier write a crash left behind do not count.
                 if rows.get(&id).is_some_and(|r| r.version == versions[i]) {
-                    captions.entry(id).or_default().push((idx[i], vectors[i * dim..(i + 1) * dim].to_vec()));
+                    captions.entry(id).or_default().push((idx[i], exact(&vectors[i * dim..(i + 1) * dim], &raw[i])));
                 }
             }
         }
@@ -557,24 +559,28 @@ impl VectorIndex for MilvusIndex {
             .flat_map(|r| r.captions.chunks_exact(dim).enumerate().map(move |(i, v)| (r.id, r.domain.as_str(), i, v)))
             .collect();
         for chunk in caption_rows.chunks(per_write) {
+            let (vectors, raw): (Vec<Vec<f32>>, Vec<String>) = chunk.iter().map(|c| searchable(c.3)).unzip();
             let fields = vec![
                 longs("pk", chunk.iter().map(|c| caption_pk(c.0, version, c.2)).collect()),
                 longs("image_id", chunk.iter().map(|c| c.0 .0 as i64).collect()),
                 strings("domain", chunk.iter().map(|c| c.1.to_owned()).collect()),
                 longs("version", vec![version; chunk.len()]),
                 longs("idx", chunk.iter().map(|c| c.2 as i64).collect()),
-                floats("caption", dim, chunk.iter().flat_map(|c| c.3.iter().copied()).collect()),
+                floats("caption", dim, vectors.concat()),
+                strings("raw", raw),
             ];
             self.upsert_rows(&self.names.captions, fields, chunk.len())?;
         }
         for chunk in records.chunks(per_write) {
+            let (vectors, raw): (Vec<Vec<f32>>, Vec<String>) = chunk.iter().map(|r| searchable(&r.image)).unzip();
             let fields = vec![
                 longs("id", chunk.iter().map(|r| r.id.0 as i64).collect()),
                 strings("domain", chunk.iter().map(|r| r.domain.clone()).collect()),
                 strings("shard", vec![self.options.shard.clone(); chunk.len()]),
                 longs("version", vec![version; chunk.len()]),
                 longs("captions", chunk.iter().map(|r| (r.captions.len() / dim) as i64).collect()),
-                floats("image", dim, chunk.iter().flat_map(|r| r.image.iter().copied()).collect()),
+                floats("image", dim, vectors.concat()),
+                strings("raw", raw),
             ];
             self.upsert_rows(&self.names.images, fields, chunk.len())?;
         }

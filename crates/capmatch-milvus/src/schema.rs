@@ -59,6 +59,7 @@ pub(crate) fn images(name: &str, dim: usize) -> CollectionSchema {
             field(103, "version", DataType::Int64),
             field(104, "captions", DataType::Int64),
             vector(105, "image", dim),
+            varchar(106, "raw", 65535),
         ],
         ..Default::default()
     }
@@ -76,6 +77,7 @@ pub(crate) fn captions(name: &str, dim: usize) -> CollectionSchema {
             field(103, "version", DataType::Int64),
             field(104, "idx", DataType::Int64),
             vector(105, "caption", dim),
+            varchar(106, "raw", 65535),
         ],
         ..Default::default()
     }
