@@ -6,8 +6,8 @@
 //!
 //! | collection | primary key | fields |
 //! | --- | --- | --- |
-//! | `NAME_images` | `id` (the `ImageId`, INT64) | `domain` (partition key), `shard` (the writer's "I/N"), `version`, `captions` (count), `image` (FLOAT_VECTOR) |
-//! | `NAME_captions` | `pk` (hash of id, version, position) | `image_id`, `domain` (partition key), `version`, `idx`, `caption` (FLOAT_VECTOR) |
+//! | `NAME_images` | `id` (the `ImageId`, INT64) | `domain` (a filtered field: Milvus 2.3.5 returned too few rows for a filter on a partition key), `shard` (the writer's "I/N"), `version`, `captions` (count), `image` (FLOAT_VECTOR) |
+//! | `NAME_captions` | `pk` (hash of id, version, position) | `image_id`, `domain`, `version`, `idx`, `caption` (FLOAT_VECTOR) |
 //! | `NAME_meta` | `key` | `value` (JSON: the format and the models' fingerprint; each shard's generation), `pad` |
 //!
 //! One vector field per collection, so the schema works on Milvus 2.3. Searches are exact:

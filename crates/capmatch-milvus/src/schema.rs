@@ -54,7 +54,7 @@ pub(crate) fn images(name: &str, dim: usize) -> CollectionSchema {
         description: "capmatch images: one row per image".into(),
         fields: vec![
             primary(100, "id"),
-            FieldSchema { is_partition_key: true, ..varchar(101, "domain", MAX_DOMAIN) },
+            varchar(101, "domain", MAX_DOMAIN),
             varchar(102, "shard", 64),
             field(103, "version", DataType::Int64),
             field(104, "captions", DataType::Int64),
@@ -73,7 +73,7 @@ pub(crate) fn captions(name: &str, dim: usize) -> CollectionSchema {
         fields: vec![
             primary(100, "pk"),
             field(101, "image_id", DataType::Int64),
-            FieldSchema { is_partition_key: true, ..varchar(102, "domain", MAX_DOMAIN) },
+            varchar(102, "domain", MAX_DOMAIN),
             field(103, "version", DataType::Int64),
             field(104, "idx", DataType::Int64),
             vector(105, "caption", dim),
