@@ -61,6 +61,25 @@ pub struct DeviceArg {
     pub device: String,
 }
 
+/// Where the vectors are (the catalog of files stays the `--db` SQLite file).
+#[derive(Args, Debug, Clone)]
+pub struct StoreArg {
+    /// Vector store: `local` (the exact index beside --db) or milvus://HOST:PORT/COLLECTION
+    /// (or milvus://HOST:PORT/DATABASE/COLLECTION).
+    #[arg(long = "store", env = "CAPMATCH_STORE", default_value = "local")]
+    pub store: String,
+    /// File holding the Milvus token (user:password or API key); default: the
+    /// CAPMATCH_MILVUS_TOKEN environment variable.
+    #[arg(long = "store-token-file")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl StoreArg {
+    pub fn store(&self) -> anyhow::Result<capmatch_engine::VectorStore> {
+        Ok(capmatch_engine::VectorStore::parse(Some(&self.store), self.token_file.as_deref())?)
+    }
+}
+
 /// Where the CLIP model comes from.
 #[derive(Args, Debug, Clone)]
 pub struct ClipArg {
@@ -151,6 +170,12 @@ pub struct IndexArgs {
     pub dirs: Vec<PathBuf>,
     #[arg(long, default_value = "capmatch.db")]
     pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Index only shard I of N: the files whose content hash falls in it (N machines, each
+    /// with its own --db, fill one shared --store).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<capmatch_engine::Shard>,
     /// Domain tag for the images (default: the name of each top folder given).
     #[arg(long)]
     pub domain: Option<String>,
@@ -189,6 +214,8 @@ pub struct SearchArgs {
     pub text: Option<String>,
     #[arg(long, default_value = "capmatch.db")]
     pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
     #[arg(short, long, default_value_t = 10)]
     pub k: usize,
     #[arg(long, value_enum)]
@@ -215,6 +242,8 @@ pub struct SearchArgs {
 pub struct InfoArgs {
     #[arg(long, default_value = "capmatch.db")]
     pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
     #[arg(long)]
     pub json: bool,
     /// Check the index's integrity (the database, every file's vectors, every file still on
@@ -251,6 +280,8 @@ pub struct EvalArgs {
     /// Index database (default: ROOT/.capmatch.db).
     #[arg(long)]
     pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArg,
     /// Write results.md, results.csv, results.json and precision.svg/.png here.
     #[arg(long)]
     pub out: Option<PathBuf>,

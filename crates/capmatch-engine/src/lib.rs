@@ -28,6 +28,7 @@ pub mod info;
 pub mod models;
 pub mod search;
 mod storage;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -47,6 +48,7 @@ pub use models::{Dtype, GalleryModels, ModelConfig, Models};
 pub use search::{ComponentScores, Hit, Query, SearchRequest, SearchResponse};
 
 use storage::Storage;
+pub use store::{Shard, VectorStore};
 
 /// How a reader finds the models to embed its queries with: the ones the index records,
 /// with these local overrides.
@@ -78,14 +80,33 @@ impl Engine {
     /// needed. Only one writer at a time: with `wait`, a second one waits for the first
     /// (after calling `on_wait`), else it gets [`EngineError::Busy`].
     pub fn open_writer(db: &Path, models: Arc<dyn GalleryModels>, wait: bool, on_wait: &dyn Fn(&Path)) -> Result<Self> {
-        let storage = Storage::open_writer(db, &models.identity(), wait, on_wait)?;
+        Self::open_writer_in(db, &VectorStore::Local, Shard::ALL, models, wait, on_wait)
+    }
+
+    /// Like [`Engine::open_writer`], with the vectors in `store`, indexing only the files of
+    /// `shard` (see [`Shard`]): the writers of a sharded run each keep their own catalog
+    /// (`db`) and write into one shared store.
+    pub fn open_writer_in(
+        db: &Path,
+        store: &VectorStore,
+        shard: Shard,
+        models: Arc<dyn GalleryModels>,
+        wait: bool,
+        on_wait: &dyn Fn(&Path),
+    ) -> Result<Self> {
+        let storage = Storage::open_writer(db, store, shard, &models.identity(), wait, on_wait)?;
         Ok(Self { storage, models: ModelSource::Given(models), limits: DecodeLimits::default() })
     }
 
     /// Opens an existing gallery for searching. Its CLIP is resolved and loaded only when a
     /// query needs it.
     pub fn open_reader(db: &Path, models: QueryModels) -> Result<Self> {
-        let (storage, identity) = Storage::open_reader(db)?;
+        Self::open_reader_in(db, &VectorStore::Local, models)
+    }
+
+    /// Like [`Engine::open_reader`], with the vectors in `store`.
+    pub fn open_reader_in(db: &Path, store: &VectorStore, models: QueryModels) -> Result<Self> {
+        let (storage, identity) = Storage::open_reader(db, store)?;
         Ok(Self {
             storage,
             models: ModelSource::FromIndex { identity, overrides: models, loaded: OnceLock::new() },
@@ -106,6 +127,11 @@ impl Engine {
     /// The catalog file.
     pub fn db(&self) -> &Path {
         self.storage.db()
+    }
+
+    /// Where the vectors are.
+    pub fn store(&self) -> &VectorStore {
+        self.storage.store()
     }
 
     pub fn is_writer(&self) -> bool {

@@ -30,6 +30,7 @@ use capmatch_store::exact::Access;
 use capmatch_store::{Catalog, CatalogBatch, ExactIndex, ImageId, ModelIdentity, SqliteCatalog, VectorIndex, VectorRecord};
 
 use crate::error::{EngineError, Result};
+use crate::store::{Shard, VectorStore};
 
 /// The exclusive writer lock of a gallery.
 pub(crate) struct WriterLock {
@@ -73,6 +74,9 @@ pub(crate) struct Storage {
     catalog: Mutex<Box<dyn Catalog>>,
     index: RwLock<Box<dyn VectorIndex>>,
     writable: bool,
+    store: VectorStore,
+    /// The part of the gallery this writer indexes.
+    shard: Shard,
     /// When the index's manifest was last seen changed (readers follow other writers).
     seen: Mutex<Option<SystemTime>>,
     _lock: Option<WriterLock>,
@@ -81,7 +85,14 @@ pub(crate) struct Storage {
 impl Storage {
     /// Opens a gallery for writing with `identity`'s models: creates it if needed, upgrades
     /// an index of an earlier version, checks the models, and recovers from a crash.
-    pub(crate) fn open_writer(db: &Path, identity: &ModelIdentity, wait: bool, on_wait: &dyn Fn(&Path)) -> Result<Self> {
+    pub(crate) fn open_writer(
+        db: &Path,
+        store: &VectorStore,
+        shard: Shard,
+        identity: &ModelIdentity,
+        wait: bool,
+        on_wait: &dyn Fn(&Path),
+    ) -> Result<Self> {
         let lock = WriterLock::acquire(db, wait, on_wait)?;
         let mut catalog = SqliteCatalog::open(db)?;
         let fingerprint = identity.vector_fingerprint();
@@ -90,12 +101,14 @@ impl Storage {
             upgrade_v1(&mut catalog, &vectors, &fingerprint)?;
         }
         catalog.bind_models(identity)?;
-        let index = ExactIndex::open(&vectors, Access::ReadWrite, Some(&fingerprint))?;
+        let index = store.open(db, Access::ReadWrite, Some(&fingerprint), shard)?;
         let storage = Self {
             db: db.to_path_buf(),
             catalog: Mutex::new(Box::new(catalog)),
-            index: RwLock::new(Box::new(index)),
+            index: RwLock::new(index),
             writable: true,
+            store: store.clone(),
+            shard,
             seen: Mutex::new(None),
             _lock: Some(lock),
         };
@@ -104,7 +117,7 @@ impl Storage {
     }
 
     /// Opens an existing gallery for reading. Returns the models it was built with.
-    pub(crate) fn open_reader(db: &Path) -> Result<(Self, Option<ModelIdentity>)> {
+    pub(crate) fn open_reader(db: &Path, store: &VectorStore) -> Result<(Self, Option<ModelIdentity>)> {
         let catalog = SqliteCatalog::open_read_only(db)?;
         if catalog.schema_version() == SCHEMA_VERSION_V1 {
             return Err(EngineError::InvalidRequest(format!(
@@ -114,12 +127,14 @@ impl Storage {
         }
         let identity = catalog.models()?;
         let fingerprint = identity.as_ref().map(ModelIdentity::vector_fingerprint);
-        let index = ExactIndex::open(&ExactIndex::dir_for(db), Access::ReadOnly, fingerprint.as_deref())?;
+        let index = store.open(db, Access::ReadOnly, fingerprint.as_deref(), Shard::ALL)?;
         let storage = Self {
             db: db.to_path_buf(),
             catalog: Mutex::new(Box::new(catalog)),
-            index: RwLock::new(Box::new(index)),
+            index: RwLock::new(index),
             writable: false,
+            store: store.clone(),
+            shard: Shard::ALL,
             seen: Mutex::new(manifest_mtime(db)),
             _lock: None,
         };
@@ -132,6 +147,14 @@ impl Storage {
 
     pub(crate) fn writable(&self) -> bool {
         self.writable
+    }
+
+    pub(crate) fn store(&self) -> &VectorStore {
+        &self.store
+    }
+
+    pub(crate) fn shard(&self) -> Shard {
+        self.shard
     }
 
     pub(crate) fn catalog(&self) -> MutexGuard<'_, Box<dyn Catalog>> {
@@ -149,7 +172,8 @@ impl Storage {
     /// A reader follows the commits of a writer in another process (cheap when nothing
     /// changed: one `stat`).
     pub(crate) fn follow_writer(&self) -> Result<()> {
-        if self.writable {
+        if self.writable || !self.store.is_local() {
+            // A server-side store answers every search with its latest commits.
             return Ok(());
         }
         let now = manifest_mtime(&self.db);

@@ -32,4 +32,4 @@ pub use error::{Result, StoreError};
 pub use exact::ExactIndex;
 pub use id::ImageId;
 pub use identity::ModelIdentity;
-pub use vector_index::{IndexStats, VectorHit, VectorIndex, VectorQuery, VectorRecord};
+pub use vector_index::{IndexStats, ShardCount, VectorHit, VectorIndex, VectorQuery, VectorRecord};

@@ -71,6 +71,19 @@ pub struct IndexStats {
     pub disk_bytes: u64,
     /// Space held by removed or replaced images, reclaimed by compaction.
     pub dead_images: u64,
+    /// Images per writer shard and domain, for a store that sharded writers fill (empty
+    /// for a local index).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardCount>,
+}
+
+/// Images one shard of a sharded run wrote, in one domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardCount {
+    /// The writer's shard, "I/N".
+    pub shard: String,
+    pub domain: String,
+    pub images: u64,
 }
 
 /// The vectors of a gallery. See the module documentation for the contract.

@@ -83,7 +83,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     );
 
     let db = args.db.clone().unwrap_or_else(|| root.join(".capmatch.db"));
-    let engine = super::models::open_writer(&db, super::models::gallery_models(&args.models)?)?;
+    let engine = super::models::open_writer(&db, &args.store.store()?, capmatch_engine::Shard::ALL, super::models::gallery_models(&args.models)?)?;
     let index_report = index_dataset(&args, &dataset, &engine)?;
     tracing::info!(
         "index {}: {} new, {} reused, {} unchanged, {} skipped, {} model batches",

@@ -19,7 +19,7 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     // Checkpoints are resolved now (their identity is checked against the index before any
     // work) but loaded only if some image needs the models.
     let models = gallery_models(&args.models)?;
-    let engine = open_writer(&args.db, models)?;
+    let engine = open_writer(&args.db, &args.store.store()?, args.shard.unwrap_or_default(), models)?;
     let options = IndexOptions {
         roots: args.dirs.clone(),
         domain: args.domain.clone(),
@@ -32,12 +32,13 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     let report = engine.index_folders(&options, &progress)?;
     progress.finish();
     println!(
-        "indexed {} new, {} reused, {} unchanged, {} skipped, {} pruned ({} image files) into {} in {:.1?}",
+        "indexed {} new, {} reused, {} unchanged, {} skipped, {} pruned, {} left to other shards ({} image files) into {} in {:.1?}",
         report.indexed,
         report.reused,
         report.unchanged,
         report.skipped,
         report.pruned,
+        report.other_shards,
         report.candidates,
         args.db.display(),
         started.elapsed()

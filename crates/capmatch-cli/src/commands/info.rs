@@ -5,7 +5,7 @@ use capmatch_engine::{Engine, QueryModels};
 use crate::InfoArgs;
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    let engine = Engine::open_reader(&args.db, QueryModels::default())?;
+    let engine = Engine::open_reader_in(&args.db, &args.store.store()?, QueryModels::default())?;
     if args.check {
         return check(&engine, &args);
     }
@@ -28,6 +28,12 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             "vectors:  {dim} dimensions, {} images and {} captions in the {} index at {}",
             info.vectors.images, info.vectors.captions, info.vectors.backend, info.vectors.location
         );
+    }
+    if !info.vectors.shards.is_empty() {
+        println!("in the store, by shard and domain:");
+        for c in &info.vectors.shards {
+            println!("  shard {:<8} {:<20} {:>8} images", c.shard, c.domain, c.images);
+        }
     }
     println!("files:    {} indexed ({} distinct images), {} skipped", summary.files, summary.images, summary.skipped.len());
     if !summary.domains.is_empty() {

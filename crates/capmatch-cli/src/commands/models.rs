@@ -44,11 +44,11 @@ pub fn gallery_models(args: &GalleryModelArgs) -> anyhow::Result<Arc<Models>> {
 }
 
 /// Opens the gallery at `db` for writing, telling the user if another process holds it.
-pub fn open_writer(db: &Path, models: Arc<Models>) -> anyhow::Result<Engine> {
-    let engine = Engine::open_writer(db, models, true, &|db| {
+pub fn open_writer(db: &Path, store: &capmatch_engine::VectorStore, shard: capmatch_engine::Shard, models: Arc<Models>) -> anyhow::Result<Engine> {
+    let engine = Engine::open_writer_in(db, store, shard, models, true, &|db| {
         eprintln!("waiting for another capmatch process that is writing to {} ...", db.display());
     })
-    .with_context(|| format!("cannot open the index {}", db.display()))?;
+    .with_context(|| format!("cannot open the index {} (vectors: {store})", db.display()))?;
     Ok(engine)
 }
 

@@ -49,7 +49,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give a query image or --text"),
     };
     let models = QueryModels { clip: args.clip.clone(), dtype: Some(args.dtype.engine()), device: Some(device(&args.device)?) };
-    let engine = Engine::open_reader(&args.db, models)?;
+    let engine = Engine::open_reader_in(&args.db, &args.store.store()?, models)?;
     if engine.is_empty()? {
         bail!("the index {} holds no image (run `capmatch index` first)", args.db.display());
     }

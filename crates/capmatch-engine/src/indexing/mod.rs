@@ -73,7 +73,7 @@ impl IndexOptions {
 }
 
 /// What a run did. Every candidate file is counted once in exactly one of
-/// `indexed`, `reused`, `unchanged`, `skipped`.
+/// `indexed`, `reused`, `unchanged`, `skipped`, `other_shards`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct IndexReport {
     /// Image files found under the roots.
@@ -86,6 +86,8 @@ pub struct IndexReport {
     pub unchanged: usize,
     /// Files that could not be indexed in this run (recorded with their reason).
     pub skipped: usize,
+    /// Files whose content belongs to another shard of a sharded run (left to its writer).
+    pub other_shards: usize,
     /// Records forgotten by `prune`.
     pub pruned: usize,
     /// Things in the folders that could not be walked (loops, dangling links...).
@@ -262,6 +264,15 @@ pub(crate) fn index_candidates(
                 continue;
             }
         };
+        if !storage.shard().contains(&hash) {
+            // Another shard's content: its writer indexes it. A file that moved out of this
+            // shard (its bytes changed) is no longer this writer's.
+            report.other_shards += 1;
+            if tracked.contains_key(&candidate.path) {
+                early.catalog.forget.push(candidate.path.clone());
+            }
+            continue;
+        }
         let previous = tracked.get(&candidate.path);
         match previous {
             Some(t) if t.skipped.is_none() && t.hash.as_deref() == Some(hash.as_str()) => {

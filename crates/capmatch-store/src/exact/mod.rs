@@ -657,6 +657,7 @@ impl VectorIndex for ExactIndex {
             captions: live_captions,
             disk_bytes,
             dead_images: s.manifest.rows - s.live_rows,
+            shards: Vec::new(),
         }
     }
 }
