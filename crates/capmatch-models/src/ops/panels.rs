@@ -1,0 +1,92 @@
+//! Right-hand operands packed for the microkernels: a weight matrix `w (n, k)` (as stored by
+//! `nn.Linear`, one row per output column) as panels of `group` output columns, each panel
+//! k-major: `data[g][kk][c] = w[g·group + c][kk]`, zero past n. A microkernel then reads
+//! one contiguous row of `group` values per step of k.
+
+use rayon::prelude::*;
+
+/// `w (n, k)` as panels of `group` columns (see the module documentation).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Panels<T> {
+    data: Vec<T>,
+    n: usize,
+    k: usize,
+    group: usize,
+}
+
+impl<T: Copy + Default + Send + Sync> Panels<T> {
+    /// Packs `value(c, kk) = w[c][kk]` for `c < n`, `kk < k`; panels in parallel when
+    /// `parallel` (weights at load), else on this thread (attention operands).
+    pub fn pack(n: usize, k: usize, group: usize, parallel: bool, value: impl Fn(usize, usize) -> T + Sync) -> Self {
+        let mut p = Self::default();
+        p.repack(n, k, group, parallel, value);
+        p
+    }
+
+    /// [`Panels::pack`] into this value's buffer (reused between calls).
+    pub fn repack(&mut self, n: usize, k: usize, group: usize, parallel: bool, value: impl Fn(usize, usize) -> T + Sync) {
+        assert!(group > 0);
+        let panel_len = k * group;
+        self.data.clear();
+        self.data.resize(n.div_ceil(group) * panel_len, T::default());
+        (self.n, self.k, self.group) = (n, k, group);
+        let fill = |(g, panel): (usize, &mut [T])| {
+            // One output column at a time, so each weight row is read in order.
+            for c in 0..group.min(n - g * group) {
+                for kk in 0..k {
+                    panel[kk * group + c] = value(g * group + c, kk);
+                }
+            }
+        };
+        if panel_len == 0 {
+            return;
+        }
+        if parallel {
+            self.data.par_chunks_mut(panel_len).enumerate().for_each(fill);
+        } else {
+            self.data.chunks_mut(panel_len).enumerate().for_each(fill);
+        }
+    }
+
+    /// Output columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Steps of the reduction.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn group(&self) -> usize {
+        self.group
+    }
+
+    /// Panel `g` from step `k0` of k on.
+    pub fn block(&self, g: usize, k0: usize) -> &[T] {
+        &self.data[g * self.k * self.group + k0 * self.group..]
+    }
+}
+
+/// A value of a packed right-hand operand, as the kernel reads it.
+pub(crate) trait PanelValue: Copy + Default + Send + Sync {
+    fn widen(self) -> f32;
+}
+
+impl PanelValue for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+/// The bits of a bf16 value (a vectorisable shift widens it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Bf16Bits(pub u16);
+
+impl PanelValue for Bf16Bits {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+}
