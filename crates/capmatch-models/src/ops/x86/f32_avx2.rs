@@ -3,6 +3,8 @@
 //! checkpoints on CPUs without AVX512_BF16: half the memory of f32, f32 arithmetic).
 
 use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::ops::matmul::Lhs;
 use crate::ops::panels::{Bf16Bits, PanelValue, Panels};
@@ -14,8 +16,9 @@ const MR: usize = 2;
 /// 8-column vectors per panel row.
 const NB: usize = 6;
 const GROUP: usize = 8 * NB;
-/// Steps of k per pass (a 256 × 48 block of an f32 panel is 48 KiB; 256 measured faster
-/// than 128 and 512 on Zen 2/3 with 1 and 2 threads).
+/// Steps of k per pass: a 256 × 48 block of an f32 panel (48 KiB, in L2) is read by every
+/// row tile before the next; on Zen 2 (CPU time, one thread) 128 and 256 measured within
+/// noise of each other, one pass over all of k was 15–40 % slower.
 const KC: usize = 256;
 
 pub fn available() -> bool {
@@ -24,6 +27,10 @@ pub fn available() -> bool {
 
 /// A panel value type this kernel reads eight at a time.
 pub(crate) trait Avx2Panel: PanelValue {
+    /// Whether values are widened as they are read (then a block read by many row tiles is
+    /// widened once instead).
+    const WIDENED: bool;
+
     /// Eight consecutive values from `p`, as f32.
     ///
     /// # Safety
@@ -32,6 +39,8 @@ pub(crate) trait Avx2Panel: PanelValue {
 }
 
 impl Avx2Panel for f32 {
+    const WIDENED: bool = false;
+
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> __m256 {
         _mm256_loadu_ps(p)
@@ -39,12 +48,23 @@ impl Avx2Panel for f32 {
 }
 
 impl Avx2Panel for Bf16Bits {
+    const WIDENED: bool = true;
+
     /// bf16 → f32 is exact: the bits shifted into the high half.
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> __m256 {
         let h = _mm_loadu_si128(p as *const __m128i);
         _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
     }
+}
+
+/// Distinguishes the products, so a thread's widened block is never taken for another's.
+static PRODUCTS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The block of a widened panel this thread last widened: (product, group, k0) and the
+    /// values. The tiles of one group run on one thread, one pass after the other.
+    static WIDE_BLOCK: RefCell<((u64, usize, usize), Vec<f32>)> = const { RefCell::new(((u64::MAX, 0, 0), Vec::new())) };
 }
 
 /// `dst[r] = (accumulate ? dst[r] : 0) + bias + x[r] · wᵀ`.
@@ -57,11 +77,29 @@ pub fn matmul<T: Avx2Panel>(w: &Panels<T>, x: Lhs, bias: Option<&[f32]>, dst: &m
     if let Some(b) = bias {
         assert!(b.len() >= n, "bias of {} for {n} columns", b.len());
     }
+    // Widened panels read by several row tiles are widened a block at a time (exactly: the
+    // products are the same bits either way).
+    let widen_blocks = T::WIDENED && x.rows > MR;
+    let product = PRODUCTS.fetch_add(1, Ordering::Relaxed);
     tile::walk(x.rows, n, k, TileShape { group: GROUP, kc: KC, mr: MR }, dst, dst_stride, parallel, |t, out| {
         let xs = &x.data[t.r * x.stride + t.k0..];
-        // SAFETY: the features were checked above; `x.check` and the panel layout bound the
-        // reads (see `tile`).
-        unsafe { tile(xs, x.stride, t, w.block(t.group, t.k0), bias.map(|b| &b[t.group * GROUP..]), out, accumulate) }
+        let bias = bias.map(|b| &b[t.group * GROUP..]);
+        let block = &w.block(t.group, t.k0)[..t.kc * GROUP];
+        if !widen_blocks {
+            // SAFETY: the features were checked above; `x.check` and the panel layout bound
+            // the reads (see `tile`).
+            return unsafe { tile(xs, x.stride, t, block, bias, out, accumulate) };
+        }
+        WIDE_BLOCK.with(|wide| {
+            let (key, values) = &mut *wide.borrow_mut();
+            if *key != (product, t.group, t.k0) {
+                values.clear();
+                values.extend(block.iter().map(|v| v.widen()));
+                *key = (product, t.group, t.k0);
+            }
+            // SAFETY: as above; `values` holds the block's `t.kc · 48` values.
+            unsafe { tile(xs, x.stride, t, &values[..], bias, out, accumulate) }
+        })
     });
 }
 
@@ -102,8 +140,8 @@ unsafe fn tile<T: Avx2Panel>(x: &[f32], x_stride: usize, t: &Tile, panel: &[T], 
 
 /// The accumulators of a tile: the bias (plus dst when accumulating) on the first pass over
 /// k, dst's partial sums on later passes. Lanes past `t.cols` are zero.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
+/// (Not a `target_feature` function, so it can be inlined into `tile`, which has them.)
+#[inline(always)]
 unsafe fn start(t: &Tile, bias: Option<&[f32]>, dst: &mut TileDst, accumulate: bool) -> [[__m256; NB]; MR] {
     // 48 values from a full tile's row in place, or from a zero-padded copy of an edge tile's.
     let load = |src: &[f32]| -> [__m256; NB] {
@@ -132,8 +170,7 @@ unsafe fn start(t: &Tile, bias: Option<&[f32]>, dst: &mut TileDst, accumulate: b
 }
 
 /// Writes the first `t.rows` rows of accumulators back to the tile's columns of dst.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
+#[inline(always)]
 unsafe fn store(acc: &[[__m256; NB]; MR], t: &Tile, dst: &mut TileDst) {
     for (r, accr) in acc.iter().enumerate().take(t.rows) {
         let out = dst.row(r);
