@@ -21,8 +21,9 @@ use serde::Deserialize;
 
 use crate::activation::HiddenAct;
 use crate::generation::{StepDecoder, TokenIds};
-use crate::layers::{dense, get_compute, layer_norm, layer_norm_f32, Emb, Lin, Loader};
-use crate::ops::{CpuEncoder, CpuEncoderLayer, Dense, EncoderLayerWeights};
+use crate::clip::{cpu_layer, layer_shape, LayerShape};
+use crate::layers::{dense, get_compute, layer_norm, Emb, Lin, Loader};
+use crate::ops::{CpuEncoder, Dense};
 
 /// An `int` or a `[height, width]` pair (BlipVisionConfig's `image_size` / `patch_size`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -262,39 +263,19 @@ enum VisionEncoder {
     Cpu(CpuEncoder),
 }
 
-/// The geometry of a BLIP / BLIP-2 vision tower's encoder layers.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct VisionLayerShape {
-    pub hidden: usize,
-    pub intermediate: usize,
-    pub heads: usize,
-    pub act: HiddenAct,
-    pub eps: f64,
-    /// Whether `self_attn.qkv` has a bias (BLIP-2 stores `[q_bias, 0, v_bias]`).
-    pub qkv_bias: bool,
-}
-
 /// The `n` vision encoder layers of BLIP or BLIP-2 (`vb` at the tower's `encoder.layers`;
-/// the two share their layout: a fused `self_attn.qkv`, the output projection named
+/// the two share their layout: CLIP's, but with a fused `self_attn.qkv`, whose bias BLIP-2
+/// stores as `[q_bias, 0, v_bias]` or omits (`qkv_bias`), and the output projection named
 /// `self_attn.projection`) for the fused CPU kernels, the attention scale folded into q.
-pub(crate) fn load_cpu_vision_layers(vb: Loader, n: usize, s: VisionLayerShape) -> Result<CpuEncoder> {
+pub(crate) fn load_cpu_vision_layers(vb: Loader, n: usize, s: LayerShape, qkv_bias: bool) -> Result<CpuEncoder> {
     let d = s.hidden;
     let scale = ((d / s.heads) as f64).powf(-0.5) as f32;
-    let layer = |i: usize| -> Result<CpuEncoderLayer> {
-        let vb = vb.pp(i);
-        let attn = vb.pp("self_attn");
+    let layer = |i: usize| {
+        let (vb, attn) = (vb.pp(i), vb.pp(i).pp("self_attn"));
         let mut w = attn.pp("qkv").get_f32((3 * d, d), "weight")?;
-        let mut b = if s.qkv_bias { attn.pp("qkv").get_f32(3 * d, "bias")? } else { vec![0.0; 3 * d] };
+        let mut b = if qkv_bias { attn.pp("qkv").get_f32(3 * d, "bias")? } else { vec![0.0; 3 * d] };
         w[..d * d].iter_mut().chain(&mut b[..d]).for_each(|v| *v *= scale);
-        let weights = EncoderLayerWeights {
-            qkv: Dense::from_f32(w, b, d, 3 * d, vb.dtype()),
-            out_proj: dense(d, d, attn.pp("projection"))?,
-            ln1: layer_norm_f32(d, s.eps, vb.pp("layer_norm1"))?,
-            ln2: layer_norm_f32(d, s.eps, vb.pp("layer_norm2"))?,
-            fc1: dense(d, s.intermediate, vb.pp("mlp.fc1"))?,
-            fc2: dense(s.intermediate, d, vb.pp("mlp.fc2"))?,
-        };
-        Ok(CpuEncoderLayer::new(weights, s.act, s.heads))
+        cpu_layer(&vb, s, Dense::from_f32(w, b, d, 3 * d, vb.dtype()), dense(d, d, attn.pp("projection"))?)
     };
     Ok(CpuEncoder::new((0..n).map(layer).collect::<Result<_>>()?))
 }
@@ -327,15 +308,7 @@ impl BlipVisionModel {
         let num_positions = (ih / ph) * (iw / pw) + 1;
         let emb = vb.pp("embeddings");
         let encoder = if vb.fused() {
-            let shape = VisionLayerShape {
-                hidden: h,
-                intermediate: cfg.intermediate_size,
-                heads: cfg.num_attention_heads,
-                act: cfg.hidden_act,
-                eps: cfg.layer_norm_eps,
-                qkv_bias: true,
-            };
-            VisionEncoder::Cpu(load_cpu_vision_layers(vb.pp("encoder.layers"), cfg.num_hidden_layers, shape)?)
+            VisionEncoder::Cpu(load_cpu_vision_layers(vb.pp("encoder.layers"), cfg.num_hidden_layers, layer_shape!(cfg), true)?)
         } else {
             let layer_vb = |i: usize| vb.pp(format!("encoder.layers.{i}"));
             VisionEncoder::Candle((0..cfg.num_hidden_layers).map(|i| VisionLayer::load(cfg, layer_vb(i))).collect::<Result<_>>()?)

@@ -284,15 +284,29 @@ impl Mlp {
     }
 }
 
-/// The geometry of one tower's encoder layers.
+/// The geometry of a tower's encoder layers (CLIP's, and the BLIP / BLIP-2 vision towers').
 #[derive(Debug, Clone, Copy)]
-struct LayerShape {
-    hidden: usize,
-    intermediate: usize,
-    heads: usize,
-    act: HiddenAct,
-    eps: f64,
+pub(crate) struct LayerShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub act: HiddenAct,
+    pub eps: f64,
 }
+
+/// The [`LayerShape`] of a tower config (every one of them names these fields alike).
+macro_rules! layer_shape {
+    ($c:expr) => {
+        $crate::clip::LayerShape {
+            hidden: $c.hidden_size,
+            intermediate: $c.intermediate_size,
+            heads: $c.num_attention_heads,
+            act: $c.hidden_act,
+            eps: $c.layer_norm_eps,
+        }
+    };
+}
+pub(crate) use layer_shape;
 
 /// Pre-norm transformer block on candle ops: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
 #[derive(Debug, Clone)]
@@ -333,9 +347,18 @@ fn load_cpu_layer(vb: Loader, s: LayerShape) -> Result<CpuEncoderLayer> {
         w.extend(p.get_f32((d, d), "weight")?.into_iter().map(|v| v * factor));
         b.extend(p.get_f32(d, "bias")?.into_iter().map(|v| v * factor));
     }
+    let qkv = Dense::from_f32(w, b, d, 3 * d, vb.dtype());
+    cpu_layer(&vb, s, qkv, dense(d, d, attn.pp("out_proj"))?)
+}
+
+/// A layer for the fused CPU kernels whose attention projections are loaded, the rest under
+/// the names CLIP's layers and the BLIP / BLIP-2 vision layers share (`layer_norm1`,
+/// `layer_norm2`, `mlp.fc1`, `mlp.fc2` under `vb`).
+pub(crate) fn cpu_layer(vb: &Loader, s: LayerShape, qkv: Dense, out_proj: Dense) -> Result<CpuEncoderLayer> {
+    let d = s.hidden;
     let weights = EncoderLayerWeights {
-        qkv: Dense::from_f32(w, b, d, 3 * d, vb.dtype()),
-        out_proj: dense(d, d, attn.pp("out_proj"))?,
+        qkv,
+        out_proj,
         ln1: layer_norm_f32(d, s.eps, vb.pp("layer_norm1"))?,
         ln2: layer_norm_f32(d, s.eps, vb.pp("layer_norm2"))?,
         fc1: dense(d, s.intermediate, vb.pp("mlp.fc1"))?,
@@ -400,17 +423,10 @@ impl ClipTextTransformer {
     pub fn new<'a>(vb: impl Into<Loader<'a>>, c: &ClipTextConfig) -> Result<Self> {
         let vb = vb.into();
         let emb = vb.pp("embeddings");
-        let shape = LayerShape {
-            hidden: c.hidden_size,
-            intermediate: c.intermediate_size,
-            heads: c.num_attention_heads,
-            act: c.hidden_act,
-            eps: c.layer_norm_eps,
-        };
         Ok(Self {
             token_embedding: Emb::load(c.vocab_size, c.hidden_size, emb.pp("token_embedding"))?,
             position_embedding: Emb::load(c.max_position_embeddings, c.hidden_size, emb.pp("position_embedding"))?,
-            encoder: Encoder::new(vb.pp("encoder"), c.num_hidden_layers, shape)?,
+            encoder: Encoder::new(vb.pp("encoder"), c.num_hidden_layers, layer_shape!(c))?,
             final_layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("final_layer_norm"))?,
             max_position_embeddings: c.max_position_embeddings,
             eos_token_id: c.eos_token_id.clone(),
@@ -515,19 +531,12 @@ impl ClipVisionTransformer {
         let patch_weight = emb
             .get((c.hidden_size, c.num_channels, c.patch_size, c.patch_size), "patch_embedding.weight")?
             .reshape((c.hidden_size, ()))?;
-        let shape = LayerShape {
-            hidden: c.hidden_size,
-            intermediate: c.intermediate_size,
-            heads: c.num_attention_heads,
-            act: c.hidden_act,
-            eps: c.layer_norm_eps,
-        };
         Ok(Self {
             patch_embedding: Lin::new(patch_weight, None, vb.kernels())?,
             class_embedding: get_compute(&emb, c.hidden_size, "class_embedding")?,
             position_embedding: get_compute(&emb, (c.num_positions(), c.hidden_size), "position_embedding.weight")?,
             pre_layrnorm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("pre_layrnorm"))?,
-            encoder: Encoder::new(vb.pp("encoder"), c.num_hidden_layers, shape)?,
+            encoder: Encoder::new(vb.pp("encoder"), c.num_hidden_layers, layer_shape!(c))?,
             post_layernorm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("post_layernorm"))?,
             num_channels: c.num_channels,
             image_size: c.image_size,

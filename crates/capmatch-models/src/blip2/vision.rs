@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use super::{attention, merge_heads};
 use crate::activation::HiddenAct;
-use crate::blip::{load_cpu_vision_layers, load_patch_embedding, patches, VisionLayerShape};
+use crate::blip::{load_cpu_vision_layers, load_patch_embedding, patches};
+use crate::clip::layer_shape;
 use crate::layers::{get_compute, layer_norm, Lin, Loader};
 use crate::ops::CpuEncoder;
 
@@ -159,15 +160,7 @@ impl Blip2VisionModel {
     pub fn load<'a>(vb: impl Into<Loader<'a>>, c: &Blip2VisionConfig) -> Result<Self> {
         let vb = vb.into();
         let encoder = if vb.fused() {
-            let shape = VisionLayerShape {
-                hidden: c.hidden_size,
-                intermediate: c.intermediate_size,
-                heads: c.num_attention_heads,
-                act: c.hidden_act,
-                eps: c.layer_norm_eps,
-                qkv_bias: c.qkv_bias,
-            };
-            VisionEncoder::Cpu(load_cpu_vision_layers(vb.pp("encoder.layers"), c.num_hidden_layers, shape)?)
+            VisionEncoder::Cpu(load_cpu_vision_layers(vb.pp("encoder.layers"), c.num_hidden_layers, layer_shape!(c), c.qkv_bias)?)
         } else {
             let layer_vb = |i: usize| vb.pp(format!("encoder.layers.{i}"));
             VisionEncoder::Candle((0..c.num_hidden_layers).map(|i| VisionLayer::load(layer_vb(i), c)).collect::<Result<_>>()?)

@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use super::elementwise::softmax_in_place;
-use super::matmul::{matmul_f32, Lhs, Microkernel, WEIGHT_GROUP};
+use super::matmul::{matmul_f32, Lhs, Microkernel, Product, WEIGHT_GROUP};
 use super::panels::Panels;
 
 /// Which keys each query may attend to; `None` where a mask is taken means every key
@@ -92,19 +92,20 @@ pub(crate) fn self_attention(
         let row = |pos: usize| &qkv[(s * len + pos) * 3 * d..][..3 * d];
         let TaskScratch { keys: kp, values: vp, scores } = scratch;
         // scores (nq, keys) = q (nq, hd) · kᵀ: the keys are the "weights" (n = keys, k = hd).
-        kp.repack(keys, hd, WEIGHT_GROUP, false, |j, c| row(j)[d + h * hd + c]);
+        kp.repack_from_rows(keys, hd, WEIGHT_GROUP, |j| &row(j)[d + h * hd..][..hd]);
         scores.clear();
         scores.resize(nq * keys, 0.0);
         let q = Lhs { data: &qkv[(s * len + q0) * 3 * d + h * hd..], rows: nq, stride: 3 * d };
-        matmul_f32(kernel, kp, q, None, scores, keys, false, false);
+        matmul_f32(kernel, kp, Product { x: q, bias: None, accumulate: false, parallel: false }, scores, keys);
         for i in 0..nq {
             let r = &mut scores[i * keys..(i + 1) * keys];
             let causal_end = if mask.is_some_and(|m| m.causal) { (q0 + i + 1).min(keys) } else { keys };
             masked_softmax(r, causal_end, keep);
         }
         // ctx (nq, hd) = probs (nq, keys) · v (keys, hd): vᵀ is the "weights" (n = hd, k = keys).
-        vp.repack(hd, keys, v_group, false, |c, j| row(j)[2 * d + h * hd + c]);
-        matmul_f32(kernel, vp, Lhs { data: scores, rows: nq, stride: keys }, None, ctx, hd, false, false);
+        vp.repack_from_steps(hd, keys, v_group, |j| &row(j)[2 * d + h * hd..][..hd]);
+        let probs = Lhs { data: scores, rows: nq, stride: keys };
+        matmul_f32(kernel, vp, Product { x: probs, bias: None, accumulate: false, parallel: false }, ctx, hd);
     });
     // out[s, i, h·hd..] = ctx[s, h, i, ..]
     out[..b * nq * d].par_chunks_mut(d).enumerate().for_each(|(r, out_row)| {

@@ -13,7 +13,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::matmul::{matmul_f32, matmul_widened, Lhs, Microkernel, WEIGHT_GROUP};
+use super::matmul::{matmul_f32, matmul_widened, Lhs, Microkernel, Product, WEIGHT_GROUP};
 use super::panels::{Bf16Bits, Panels};
 
 /// Whether bf16 weights are multiplied in bf16 on this CPU (AVX512_BF16): activations are
@@ -82,7 +82,7 @@ impl Dense {
         assert_eq!(w.len(), in_dim * out_dim);
         assert_eq!(bias.len(), out_dim);
         let packed = match kernel {
-            Some(kernel) => Packed::F32(Panels::pack(out_dim, in_dim, WEIGHT_GROUP, true, |c, kk| w[c * in_dim + kk]), kernel),
+            Some(kernel) => Packed::F32(Panels::pack(out_dim, in_dim, WEIGHT_GROUP, |c, kk| w[c * in_dim + kk]), kernel),
             None => {
                 let bf16: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
                 Self::pack_bf16(&bf16, out_dim, in_dim)
@@ -96,13 +96,13 @@ impl Dense {
         if cpu_has_bf16_matmul() {
             return Packed::Bf16Dot(super::x86::bf16_avx512::PackedBf16::pack_bf16(w, n, k));
         }
-        Packed::Bf16(Panels::pack(n, k, WEIGHT_GROUP, true, |c, kk| Bf16Bits(w[c * k + kk].to_bits())), Microkernel::best_widening())
+        Packed::Bf16(Panels::pack(n, k, WEIGHT_GROUP, |c, kk| Bf16Bits(w[c * k + kk].to_bits())), Microkernel::best_widening())
     }
 
     /// The widened-bf16 packing on any CPU (tests compare it with the bf16 dot product).
     #[cfg(test)]
     pub(crate) fn widened_bf16(w: &[f32], bias: Vec<f32>, in_dim: usize, out_dim: usize, kernel: Microkernel) -> Self {
-        let panels = Panels::pack(out_dim, in_dim, WEIGHT_GROUP, true, |c, kk| Bf16Bits(half::bf16::from_f32(w[c * in_dim + kk]).to_bits()));
+        let panels = Panels::pack(out_dim, in_dim, WEIGHT_GROUP, |c, kk| Bf16Bits(half::bf16::from_f32(w[c * in_dim + kk]).to_bits()));
         Self { packed: Packed::Bf16(panels, kernel), bias, in_dim, out_dim }
     }
 
@@ -118,13 +118,12 @@ impl Dense {
     pub(crate) fn forward_into(&self, x: &[f32], m: usize, dst: &mut [f32], accumulate: bool) {
         let (k, n) = (self.in_dim, self.out_dim);
         assert!(x.len() == m * k && dst.len() == m * n, "{m} rows: x of {} for {k} inputs, dst of {} for {n} outputs", x.len(), dst.len());
-        let x = Lhs { data: x, rows: m, stride: k };
-        let bias = Some(&self.bias[..]);
+        let p = Product { x: Lhs { data: x, rows: m, stride: k }, bias: Some(&self.bias), accumulate, parallel: true };
         match &self.packed {
-            Packed::F32(w, kernel) => matmul_f32(*kernel, w, x, bias, dst, n, accumulate, true),
-            Packed::Bf16(w, kernel) => matmul_widened(*kernel, w, x, bias, dst, n, accumulate, true),
+            Packed::F32(w, kernel) => matmul_f32(*kernel, w, p, dst, n),
+            Packed::Bf16(w, kernel) => matmul_widened(*kernel, w, p, dst, n),
             #[cfg(target_arch = "x86_64")]
-            Packed::Bf16Dot(w) => w.matmul(x, bias, dst, n, accumulate),
+            Packed::Bf16Dot(w) => w.matmul(p, dst, n),
         }
     }
 }

@@ -26,6 +26,29 @@ impl<'a> Lhs<'a> {
     }
 }
 
+/// A product `dst[r] = (accumulate ? dst[r] : 0) + bias + x[r] · wᵀ` but for its packed
+/// right operand `w` and its destination.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Product<'a> {
+    pub x: Lhs<'a>,
+    pub bias: Option<&'a [f32]>,
+    /// Add to dst (a residual) rather than overwrite it.
+    pub accumulate: bool,
+    /// Column groups on the thread pool (dense layers) or on this thread (attention's
+    /// per-head tasks).
+    pub parallel: bool,
+}
+
+impl Product<'_> {
+    /// Panics unless every row of x holds `k` values and the bias `n`.
+    pub fn check(&self, n: usize, k: usize) {
+        self.x.check(k);
+        if let Some(b) = self.bias {
+            assert!(b.len() >= n, "bias of {} for {n} columns", b.len());
+        }
+    }
+}
+
 /// The microkernels of f32 (and widened bf16) panels, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Microkernel {
@@ -93,46 +116,23 @@ impl Microkernel {
     }
 }
 
-/// `dst[r] = (accumulate ? dst[r] : 0) + bias + x[r] · wᵀ` for every row of `x`, rows of dst
-/// `dst_stride` apart; column groups in parallel when `parallel`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_f32(
-    kernel: Microkernel,
-    w: &Panels<f32>,
-    x: Lhs,
-    bias: Option<&[f32]>,
-    dst: &mut [f32],
-    dst_stride: usize,
-    accumulate: bool,
-    parallel: bool,
-) {
+/// Computes `dst` with the given right operand `w`, rows of dst `dst_stride` apart.
+pub(crate) fn matmul_f32(kernel: Microkernel, w: &Panels<f32>, p: Product, dst: &mut [f32], dst_stride: usize) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Microkernel::Avx512 => super::x86::f32_avx512::matmul(w, x, bias, dst, dst_stride, accumulate, parallel),
+        Microkernel::Avx512 => super::x86::f32_avx512::matmul(w, p, dst, dst_stride),
         #[cfg(target_arch = "x86_64")]
-        Microkernel::Avx2 => super::x86::f32_avx2::matmul(w, x, bias, dst, dst_stride, accumulate, parallel),
-        Microkernel::Portable => portable::matmul(w, x, bias, dst, dst_stride, accumulate, parallel),
+        Microkernel::Avx2 => super::x86::f32_avx2::matmul(w, p, dst, dst_stride),
+        Microkernel::Portable => portable::matmul(w, p, dst, dst_stride),
     }
 }
 
 /// [`matmul_f32`] for bf16 panels, widened to f32 as they are read (`Avx512` is not a
 /// kernel of these and runs as `Avx2`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_widened(
-    kernel: Microkernel,
-    w: &Panels<Bf16Bits>,
-    x: Lhs,
-    bias: Option<&[f32]>,
-    dst: &mut [f32],
-    dst_stride: usize,
-    accumulate: bool,
-    parallel: bool,
-) {
+pub(crate) fn matmul_widened(kernel: Microkernel, w: &Panels<Bf16Bits>, p: Product, dst: &mut [f32], dst_stride: usize) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Microkernel::Avx512 | Microkernel::Avx2 if super::x86::f32_avx2::available() => {
-            super::x86::f32_avx2::matmul(w, x, bias, dst, dst_stride, accumulate, parallel)
-        }
-        _ => portable::matmul(w, x, bias, dst, dst_stride, accumulate, parallel),
+        Microkernel::Avx512 | Microkernel::Avx2 if super::x86::f32_avx2::available() => super::x86::f32_avx2::matmul(w, p, dst, dst_stride),
+        _ => portable::matmul(w, p, dst, dst_stride),
     }
 }

@@ -15,37 +15,61 @@ pub(crate) struct Panels<T> {
 }
 
 impl<T: Copy + Default + Send + Sync> Panels<T> {
-    /// Packs `value(c, kk) = w[c][kk]` for `c < n`, `kk < k`; panels in parallel when
-    /// `parallel` (weights at load), else on this thread (attention operands).
-    pub fn pack(n: usize, k: usize, group: usize, parallel: bool, value: impl Fn(usize, usize) -> T + Sync) -> Self {
+    /// Packs `value(c, kk) = w[c][kk]` for `c < n`, `kk < k`, panels in parallel (weights
+    /// at load).
+    pub fn pack(n: usize, k: usize, group: usize, value: impl Fn(usize, usize) -> T + Sync) -> Self {
         let mut p = Self::default();
-        p.repack(n, k, group, parallel, value);
+        p.reset(n, k, group);
+        if k > 0 {
+            p.data.par_chunks_mut(k * group).enumerate().for_each(|(g, panel)| {
+                // One output column at a time, so each weight row is read in order.
+                for c in 0..group.min(n - g * group) {
+                    for kk in 0..k {
+                        panel[kk * group + c] = value(g * group + c, kk);
+                    }
+                }
+            });
+        }
         p
     }
 
-    /// [`Panels::pack`] into this value's buffer (reused between calls).
-    pub fn repack(&mut self, n: usize, k: usize, group: usize, parallel: bool, value: impl Fn(usize, usize) -> T + Sync) {
-        assert!(group > 0);
-        let panel_len = k * group;
-        self.data.clear();
-        self.data.resize(n.div_ceil(group) * panel_len, T::default());
-        (self.n, self.k, self.group) = (n, k, group);
-        let fill = |(g, panel): (usize, &mut [T])| {
-            // One output column at a time, so each weight row is read in order.
+    /// Packs into this value's buffer (reused between calls), on this thread, from the rows
+    /// of `w`: `row(c)` holds `w[c][..k]` (attention's keys).
+    pub fn repack_from_rows<'w>(&mut self, n: usize, k: usize, group: usize, row: impl Fn(usize) -> &'w [T])
+    where
+        T: 'w,
+    {
+        self.reset(n, k, group);
+        for (g, panel) in self.data.chunks_mut(k * group.max(1)).enumerate() {
             for c in 0..group.min(n - g * group) {
-                for kk in 0..k {
-                    panel[kk * group + c] = value(g * group + c, kk);
+                for (kk, &v) in row(g * group + c)[..k].iter().enumerate() {
+                    panel[kk * group + c] = v;
                 }
             }
-        };
-        if panel_len == 0 {
-            return;
         }
-        if parallel {
-            self.data.par_chunks_mut(panel_len).enumerate().for_each(fill);
-        } else {
-            self.data.chunks_mut(panel_len).enumerate().for_each(fill);
+    }
+
+    /// Packs into this value's buffer, on this thread, from the columns of `w`: `step(kk)`
+    /// holds `w[..n][kk]` (attention's values, whose rows are the steps of k).
+    pub fn repack_from_steps<'w>(&mut self, n: usize, k: usize, group: usize, step: impl Fn(usize) -> &'w [T])
+    where
+        T: 'w,
+    {
+        self.reset(n, k, group);
+        for (g, panel) in self.data.chunks_mut(k * group.max(1)).enumerate() {
+            let cols = group.min(n - g * group);
+            for kk in 0..k {
+                panel[kk * group..kk * group + cols].copy_from_slice(&step(kk)[g * group..g * group + cols]);
+            }
         }
+    }
+
+    /// Zeroed panels for an (n, k) operand.
+    fn reset(&mut self, n: usize, k: usize, group: usize) {
+        assert!(group > 0);
+        self.data.clear();
+        self.data.resize(n.div_ceil(group) * k * group, T::default());
+        (self.n, self.k, self.group) = (n, k, group);
     }
 
     /// Output columns.

@@ -3,7 +3,7 @@
 //! accumulators in vector registers. Panels hold f32 or bf16 values; bf16 is widened exactly
 //! as it is read.
 
-use super::matmul::Lhs;
+use super::matmul::Product;
 use super::panels::{PanelValue, Panels};
 use super::tile::{self, Tile, TileDst, TileShape};
 
@@ -19,18 +19,15 @@ pub(crate) const KC: usize = 256;
 /// (without it, it is a libm call: the kernel then multiplies and adds separately).
 pub(crate) const TARGET_FMA: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
 
-/// `dst[r] = (accumulate ? dst[r] : 0) + bias + x[r] · wᵀ` for the rows of `x`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul<T: PanelValue>(w: &Panels<T>, x: Lhs, bias: Option<&[f32]>, dst: &mut [f32], dst_stride: usize, accumulate: bool, parallel: bool) {
+/// The product `p` with right operand `w`, rows of dst `dst_stride` apart.
+pub(crate) fn matmul<T: PanelValue>(w: &Panels<T>, p: Product, dst: &mut [f32], dst_stride: usize) {
     let (n, k, group) = (w.n(), w.k(), w.group());
     assert!(group % LANES == 0, "panels of {group} columns");
-    x.check(k);
-    if let Some(b) = bias {
-        assert!(b.len() >= n, "bias of {} for {n} columns", b.len());
-    }
-    tile::walk(x.rows, n, k, TileShape { group, kc: KC, mr: MR }, dst, dst_stride, parallel, |t, out| {
+    p.check(n, k);
+    let x = p.x;
+    tile::walk(x.rows, n, k, TileShape { group, kc: KC, mr: MR }, dst, dst_stride, p.parallel, |t, out| {
         let xs = &x.data[t.r * x.stride + t.k0..];
-        tile::<T, TARGET_FMA>(xs, x.stride, t, w.block(t.group, t.k0), group, bias.map(|b| &b[t.group * group..]), out, accumulate)
+        tile::<T, TARGET_FMA>(xs, x.stride, t, w.block(t.group, t.k0), group, p.bias.map(|b| &b[t.group * group..]), out, p.accumulate)
     });
 }
 

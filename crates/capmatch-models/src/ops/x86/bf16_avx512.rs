@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::tile_edges;
-use crate::ops::matmul::Lhs;
+use crate::ops::matmul::Product;
 use crate::ops::tile::{self, Tile, TileDst, TileShape};
 
 /// Output rows per microkernel call (6 × 4 accumulators measured a few % faster than
@@ -63,14 +63,12 @@ impl PackedBf16 {
         Self { data, k, n }
     }
 
-    /// `dst[r] = (accumulate ? dst[r] : 0) + bias + x[r] · wᵀ`, rows of dst `dst_stride` apart.
-    pub fn matmul(&self, x: Lhs, bias: Option<&[f32]>, dst: &mut [f32], dst_stride: usize, accumulate: bool) {
+    /// The product `p` with these weights, rows of dst `dst_stride` apart.
+    pub fn matmul(&self, p: Product, dst: &mut [f32], dst_stride: usize) {
         assert!(available(), "AVX512_BF16 kernel on a CPU without it");
-        let (k, n, k2, m) = (self.k, self.n, self.k.div_ceil(2), x.rows);
-        x.check(k);
-        if let Some(b) = bias {
-            assert!(b.len() >= n, "bias of {} for {n} columns", b.len());
-        }
+        let (k, n, k2, m) = (self.k, self.n, self.k.div_ceil(2), p.x.rows);
+        p.check(n, k);
+        let Product { x, bias, accumulate, parallel } = p;
         // Activations as bf16 pairs (one u32 per pair of k), row-major, in a buffer this
         // thread reuses: a fresh one per call was megabytes of page faults per layer.
         thread_local! {
@@ -90,7 +88,7 @@ impl PackedBf16 {
         });
         let pairs = &*pairs;
         // Steps of k are pairs here (one u32 of `pairs`, two bf16 of a panel per column).
-        tile::walk(m, n, k2, TileShape { group: GROUP, kc: KC2, mr: MR }, dst, dst_stride, true, |t, out| {
+        tile::walk(m, n, k2, TileShape { group: GROUP, kc: KC2, mr: MR }, dst, dst_stride, parallel, |t, out| {
             let block = &self.data[t.group * k2 * GROUP * 2 + t.k0 * GROUP * 2..];
             let a = &pairs[t.r * k2 + t.k0..];
             // SAFETY: the features were checked above; the buffers hold the tile (see `tile`).

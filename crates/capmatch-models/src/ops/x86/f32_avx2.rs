@@ -6,20 +6,24 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::ops::matmul::Lhs;
+use crate::ops::matmul::Product;
 use crate::ops::panels::{Bf16Bits, PanelValue, Panels};
 use crate::ops::tile::{self, Tile, TileDst, TileShape};
 
-/// Rows per call: 2 rows × 6 vectors of 8 columns = 12 accumulators, with room for the
-/// broadcast activations and one weight vector in AVX2's 16 registers.
-const MR: usize = 2;
+/// Rows per call.
+const MR: usize = 4;
 /// 8-column vectors per panel row.
 const NB: usize = 6;
 const GROUP: usize = 8 * NB;
+/// A call covers its rows' 48 columns as two halves of 3 vectors: 4 rows × 3 vectors = 12
+/// accumulators, with 3 weight vectors and a broadcast activation, fill AVX2's 16 registers,
+/// and every 96 bytes of panel feed 12 FMAs.
+const HALF: usize = NB / 2;
+const HALF_COLS: usize = 8 * HALF;
 /// Steps of k per pass: a 256 × 48 block of an f32 panel (48 KiB, in L2) is read by every
 /// row tile before the next; on Zen 2 (CPU time, one thread) 128 and 256 measured within
 /// noise of each other, one pass over all of k was 15–40 % slower.
-const KC: usize = 256;
+const KC: usize = 128;
 
 pub fn available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
@@ -67,16 +71,13 @@ thread_local! {
     static WIDE_BLOCK: RefCell<((u64, usize, usize), Vec<f32>)> = const { RefCell::new(((u64::MAX, 0, 0), Vec::new())) };
 }
 
-/// `dst[r] = (accumulate ? dst[r] : 0) + bias + x[r] · wᵀ`.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul<T: Avx2Panel>(w: &Panels<T>, x: Lhs, bias: Option<&[f32]>, dst: &mut [f32], dst_stride: usize, accumulate: bool, parallel: bool) {
+/// The product `p` with right operand `w`, rows of dst `dst_stride` apart.
+pub fn matmul<T: Avx2Panel>(w: &Panels<T>, p: Product, dst: &mut [f32], dst_stride: usize) {
     assert!(available(), "AVX2 + FMA kernel on a CPU without them");
     assert_eq!(w.group(), GROUP, "the AVX2 kernel takes panels of {GROUP} columns");
     let (n, k) = (w.n(), w.k());
-    x.check(k);
-    if let Some(b) = bias {
-        assert!(b.len() >= n, "bias of {} for {n} columns", b.len());
-    }
+    p.check(n, k);
+    let Product { x, bias, accumulate, parallel } = p;
     // Widened panels read by several row tiles are widened a block at a time (exactly: the
     // products are the same bits either way).
     let widen_blocks = T::WIDENED && x.rows > MR;
@@ -86,7 +87,7 @@ pub fn matmul<T: Avx2Panel>(w: &Panels<T>, x: Lhs, bias: Option<&[f32]>, dst: &m
         let bias = bias.map(|b| &b[t.group * GROUP..]);
         let block = &w.block(t.group, t.k0)[..t.kc * GROUP];
         if !widen_blocks {
-            // SAFETY: the features were checked above; `x.check` and the panel layout bound
+            // SAFETY: the features were checked above; `p.check` and the panel layout bound
             // the reads (see `tile`).
             return unsafe { tile(xs, x.stride, t, block, bias, out, accumulate) };
         }
@@ -103,7 +104,7 @@ pub fn matmul<T: Avx2Panel>(w: &Panels<T>, x: Lhs, bias: Option<&[f32]>, dst: &m
     });
 }
 
-/// One tile: `t.rows` (≤ 2) rows of `x` (row `i` at `x[i · x_stride..]`, from this pass's
+/// One tile: `t.rows` (≤ 4) rows of `x` (row `i` at `x[i · x_stride..]`, from this pass's
 /// first step of k) times `t.kc` rows of the panel. The first pass starts from the bias (plus
 /// dst when accumulating); later passes from the partial sums in dst.
 ///
@@ -114,76 +115,92 @@ pub fn matmul<T: Avx2Panel>(w: &Panels<T>, x: Lhs, bias: Option<&[f32]>, dst: &m
 unsafe fn tile<T: Avx2Panel>(x: &[f32], x_stride: usize, t: &Tile, panel: &[T], bias: Option<&[f32]>, dst: &mut TileDst, accumulate: bool) {
     debug_assert!(t.rows == 0 || x.len() >= (t.rows - 1) * x_stride + t.kc);
     debug_assert!(panel.len() >= t.kc * GROUP);
-    let mut acc = start(t, bias, dst, accumulate);
     let (pb, pa) = (panel.as_ptr(), x.as_ptr());
-    if t.rows == MR {
-        for kk in 0..t.kc {
-            let a0 = _mm256_set1_ps(*pa.add(kk));
-            let a1 = _mm256_set1_ps(*pa.add(x_stride + kk));
-            for j in 0..NB {
-                let b = T::load8(pb.add(kk * GROUP + 8 * j));
-                acc[0][j] = _mm256_fmadd_ps(a0, b, acc[0][j]);
-                acc[1][j] = _mm256_fmadd_ps(a1, b, acc[1][j]);
+    for c0 in [0, HALF_COLS] {
+        if c0 >= t.cols {
+            break;
+        }
+        let mut acc = start(t, c0, bias, dst, accumulate);
+        // The same instructions for every row whatever the tile's height: a full tile only
+        // lets the compiler unroll the rows.
+        if t.rows == MR {
+            for kk in 0..t.kc {
+                let b: [__m256; HALF] = [T::load8(pb.add(kk * GROUP + c0)), T::load8(pb.add(kk * GROUP + c0 + 8)), T::load8(pb.add(kk * GROUP + c0 + 16))];
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let a = _mm256_set1_ps(*pa.add(r * x_stride + kk));
+                    for j in 0..HALF {
+                        accr[j] = _mm256_fmadd_ps(a, b[j], accr[j]);
+                    }
+                }
+            }
+        } else {
+            for kk in 0..t.kc {
+                let b: [__m256; HALF] = [T::load8(pb.add(kk * GROUP + c0)), T::load8(pb.add(kk * GROUP + c0 + 8)), T::load8(pb.add(kk * GROUP + c0 + 16))];
+                for (r, accr) in acc.iter_mut().enumerate().take(t.rows) {
+                    let a = _mm256_set1_ps(*pa.add(r * x_stride + kk));
+                    for j in 0..HALF {
+                        accr[j] = _mm256_fmadd_ps(a, b[j], accr[j]);
+                    }
+                }
             }
         }
-    } else {
-        // One row: the same instructions for it as in a full tile.
-        for kk in 0..t.kc {
-            let a0 = _mm256_set1_ps(*pa.add(kk));
-            for j in 0..NB {
-                acc[0][j] = _mm256_fmadd_ps(a0, T::load8(pb.add(kk * GROUP + 8 * j)), acc[0][j]);
-            }
-        }
+        store(&acc, t, c0, dst);
     }
-    store(&acc, t, dst);
 }
 
-/// The accumulators of a tile: the bias (plus dst when accumulating) on the first pass over
-/// k, dst's partial sums on later passes. Lanes past `t.cols` are zero.
-/// (Not a `target_feature` function, so it can be inlined into `tile`, which has them.)
+/// The accumulators of the tile's columns `c0..c0 + 24`: the bias (plus dst when
+/// accumulating) on the first pass over k, dst's partial sums on later passes. Lanes past
+/// `t.cols` are zero. (Not a `target_feature` function, so that it is inlined into `tile`,
+/// which has them; no closures around intrinsics either, which would not be.)
 #[inline(always)]
-unsafe fn start(t: &Tile, bias: Option<&[f32]>, dst: &mut TileDst, accumulate: bool) -> [[__m256; NB]; MR] {
-    // 48 values from a full tile's row in place, or from a zero-padded copy of an edge tile's.
-    let load = |src: &[f32]| -> [__m256; NB] {
-        if t.cols == GROUP {
-            std::array::from_fn(|j| _mm256_loadu_ps(src.as_ptr().add(8 * j)))
-        } else {
-            let mut row = [0f32; GROUP];
-            row[..t.cols].copy_from_slice(&src[..t.cols]);
-            std::array::from_fn(|j| _mm256_loadu_ps(row.as_ptr().add(8 * j)))
-        }
-    };
-    let bias = match bias {
-        Some(b) if t.first() => load(b),
-        _ => [_mm256_setzero_ps(); NB],
-    };
-    let mut acc = [[_mm256_setzero_ps(); NB]; MR];
+unsafe fn start(t: &Tile, c0: usize, bias: Option<&[f32]>, dst: &mut TileDst, accumulate: bool) -> [[__m256; HALF]; MR] {
+    let cols = t.cols.min(c0 + HALF_COLS) - c0;
+    let mut acc = [[_mm256_setzero_ps(); HALF]; MR];
     for (r, accr) in acc.iter_mut().enumerate().take(t.rows) {
-        *accr = if t.first() && !accumulate {
-            bias
+        let out = &dst.row(r)[c0..c0 + cols];
+        // At the tile's edge, through zero-padded copies of the bias and dst columns.
+        let (mut bias_row, mut out_row) = ([0f32; HALF_COLS], [0f32; HALF_COLS]);
+        let (b, o) = if cols == HALF_COLS {
+            (bias.map(|b| b[c0..].as_ptr()), out.as_ptr())
         } else {
-            let from_dst = load(dst.row(r));
-            if t.first() { std::array::from_fn(|j| _mm256_add_ps(bias[j], from_dst[j])) } else { from_dst }
+            if let Some(bias) = bias {
+                bias_row[..cols].copy_from_slice(&bias[c0..c0 + cols]);
+            }
+            out_row[..cols].copy_from_slice(out);
+            (bias.map(|_| bias_row.as_ptr()), out_row.as_ptr())
         };
+        for (j, v) in accr.iter_mut().enumerate() {
+            let from_dst = _mm256_loadu_ps(o.add(8 * j));
+            *v = if t.first() {
+                let b = match b {
+                    Some(b) => _mm256_loadu_ps(b.add(8 * j)),
+                    None => _mm256_setzero_ps(),
+                };
+                if accumulate { _mm256_add_ps(b, from_dst) } else { b }
+            } else {
+                from_dst
+            };
+        }
     }
     acc
 }
 
-/// Writes the first `t.rows` rows of accumulators back to the tile's columns of dst.
+/// Writes the first `t.rows` rows of accumulators back to the tile's columns `c0..`.
 #[inline(always)]
-unsafe fn store(acc: &[[__m256; NB]; MR], t: &Tile, dst: &mut TileDst) {
+unsafe fn store(acc: &[[__m256; HALF]; MR], t: &Tile, c0: usize, dst: &mut TileDst) {
+    let cols = t.cols.min(c0 + HALF_COLS) - c0;
     for (r, accr) in acc.iter().enumerate().take(t.rows) {
-        let out = dst.row(r);
-        if t.cols == GROUP {
+        let out = &mut dst.row(r)[c0..c0 + cols];
+        if cols == HALF_COLS {
             for (j, v) in accr.iter().enumerate() {
                 _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), *v);
             }
         } else {
-            let mut row = [0f32; GROUP];
+            let mut row = [0f32; HALF_COLS];
             for (j, v) in accr.iter().enumerate() {
                 _mm256_storeu_ps(row.as_mut_ptr().add(8 * j), *v);
             }
-            out.copy_from_slice(&row[..t.cols]);
+            out.copy_from_slice(&row[..cols]);
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::tile_edges;
-use crate::ops::matmul::Lhs;
+use crate::ops::matmul::Product;
 use crate::ops::panels::Panels;
 use crate::ops::tile::{self, Tile, TileDst, TileShape};
 
@@ -17,38 +17,27 @@ pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 
-/// `dst[r] = (accumulate ? dst[r] : 0) + bias + x[r] · wᵀ`. Panels of 48 columns run as
-/// 8 rows × 3 vectors per call, panels of 64 as 6 × 4 (24 accumulators either way).
-#[allow(clippy::too_many_arguments)]
-pub fn matmul(w: &Panels<f32>, x: Lhs, bias: Option<&[f32]>, dst: &mut [f32], dst_stride: usize, accumulate: bool, parallel: bool) {
+/// The product `p` with right operand `w`, rows of dst `dst_stride` apart. Panels of 48
+/// columns run as 8 rows × 3 vectors per call, panels of 64 as 6 × 4 (24 accumulators
+/// either way).
+pub fn matmul(w: &Panels<f32>, p: Product, dst: &mut [f32], dst_stride: usize) {
     assert!(available(), "AVX-512F kernel on a CPU without it");
     match w.group() {
-        48 => run::<8, 3>(w, x, bias, dst, dst_stride, accumulate, parallel),
-        64 => run::<6, 4>(w, x, bias, dst, dst_stride, accumulate, parallel),
+        48 => run::<8, 3>(w, p, dst, dst_stride),
+        64 => run::<6, 4>(w, p, dst, dst_stride),
         g => panic!("no AVX-512 kernel for panels of {g} columns"),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run<const MR: usize, const NB: usize>(
-    w: &Panels<f32>,
-    x: Lhs,
-    bias: Option<&[f32]>,
-    dst: &mut [f32],
-    dst_stride: usize,
-    accumulate: bool,
-    parallel: bool,
-) {
+fn run<const MR: usize, const NB: usize>(w: &Panels<f32>, p: Product, dst: &mut [f32], dst_stride: usize) {
     let (n, k) = (w.n(), w.k());
-    x.check(k);
-    if let Some(b) = bias {
-        assert!(b.len() >= n, "bias of {} for {n} columns", b.len());
-    }
+    p.check(n, k);
+    let Product { x, bias, accumulate, parallel } = p;
     let group = 16 * NB;
     tile::walk(x.rows, n, k, TileShape { group, kc: KC, mr: MR }, dst, dst_stride, parallel, |t, out| {
         let xs = &x.data[t.r * x.stride + t.k0..];
         let panel = w.block(t.group, t.k0);
-        // SAFETY: AVX-512F was checked by `matmul`; `x.check` and the panel layout bound the
+        // SAFETY: AVX-512F was checked by `matmul`; `p.check` and the panel layout bound the
         // reads (see `tile`).
         unsafe { tile::<MR, NB>(xs, x.stride, t, panel, bias.map(|b| &b[t.group * group..]), out, accumulate) }
     });
