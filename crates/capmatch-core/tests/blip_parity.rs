@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use capmatch_core::captioner::{CaptionOptions, Captioner};
 use capmatch_core::image_io::{decode_file, DecodeLimits};
+use capmatch_core::{Kernels, LoadOptions};
 use image::RgbImage;
 use serde::Deserialize;
 
@@ -143,18 +144,33 @@ fn pixel_values_match() {
     }
 }
 
+/// The f32 model on `kernels` (the fused CPU kernels, or candle ops as a GPU runs them).
+fn load_f32(dir: &Path, kernels: Kernels) -> Captioner {
+    Captioner::load_with(dir, &LoadOptions::new(DType::F32).with_kernels(kernels)).unwrap()
+}
+
 #[test]
 fn vision_outputs_match_within_1e4() {
+    check_vision_outputs(Kernels::Fused);
+}
+
+/// The candle path (what a GPU runs) on the CPU, to the same bound.
+#[test]
+fn vision_outputs_match_within_1e4_on_candle_ops() {
+    check_vision_outputs(Kernels::Candle);
+}
+
+fn check_vision_outputs(kernels: Kernels) {
     for dir in fixture_dirs() {
         let fx = Fixture::load(&dir);
-        let captioner = Captioner::load(&dir, DType::F32).unwrap();
+        let captioner = load_f32(&dir, kernels);
         let model = captioner.blip().unwrap();
         for name in fx.reference.images.keys() {
             let px = &fx.tensors[&format!("pixel_values/{name}")];
             let ours = model.image_embeds(px).unwrap();
             let theirs = &fx.tensors[&format!("vision/{name}")];
             let d = max_abs_diff(&ours, theirs);
-            assert!(d <= 1e-4, "{}: {name}: vision last_hidden_state differs by {d}", dir.display());
+            assert!(d <= 1e-4, "{} {kernels}: {name}: vision last_hidden_state differs by {d}", dir.display());
         }
     }
 }
@@ -163,17 +179,27 @@ fn vision_outputs_match_within_1e4() {
 /// token ids, decoded text and prompt-stripped captions.
 #[test]
 fn generated_tokens_and_captions_are_identical() {
+    check_generated_tokens(Kernels::Fused);
+}
+
+/// The candle path (what a GPU runs) on the CPU: the same tokens.
+#[test]
+fn generated_tokens_and_captions_are_identical_on_candle_ops() {
+    check_generated_tokens(Kernels::Candle);
+}
+
+fn check_generated_tokens(kernels: Kernels) {
     let mut eos_seen = 0;
     let mut beam_cases = 0;
     let mut greedy_cases = 0;
     for dir in fixture_dirs() {
         let fx = Fixture::load(&dir);
-        let captioner = Captioner::load(&dir, DType::F32).unwrap();
+        let captioner = load_f32(&dir, kernels);
         for case in &fx.reference.cases {
             let got = captioner.caption_pixels(&fx.pixels(&case.images), &case.options()).unwrap();
             assert_eq!(got.len(), case.images.len());
             for (i, cap) in got.iter().enumerate() {
-                let ctx = format!("{} / {} / {}", dir.display(), case.name, case.images[i]);
+                let ctx = format!("{} {kernels} / {} / {}", dir.display(), case.name, case.images[i]);
                 assert_eq!(cap.token_ids, case.token_ids[i], "{ctx}: token ids");
                 assert_eq!(captioner.decode(&cap.token_ids).unwrap(), case.decoded[i], "{ctx}: decoded text");
                 assert_eq!(cap.text, case.captions[i], "{ctx}: caption");
