@@ -1080,27 +1080,70 @@ mod tests {
         assert!(a.iter().any(|v| v.abs() > 0.1));
     }
 
-    /// Every dense path (packed f32, row-major f32 through gemm or streaming, packed bf16)
-    /// against a scalar reference, on sizes that exercise the edges: odd k, k over one
-    /// 256-deep pass, n not a multiple of 48, 64 or 16, m not a multiple of 6 or 8, with and without
-    /// the residual accumulation.
+    /// Sizes that exercise the kernels' edges: odd k, k over one 256-deep pass, n not a
+    /// multiple of 48, 64 or 16, m not a multiple of 6 or 8.
+    const DENSE_CASES: [(usize, usize, usize); 9] =
+        [(13, 7, 40), (8, 64, 48), (21, 33, 100), (1, 2, 1), (3, 100, 70), (17, 40, 33), (9, 600, 50), (40, 300, 97), (11, 1100, 60)];
+
+    /// The f32 dense paths (packed, row-major through gemm or streaming) against a scalar
+    /// reference, with and without the residual accumulation.
     #[test]
     fn dense_matches_scalar_reference() {
-        let cases = [(13, 7, 40), (8, 64, 48), (21, 33, 100), (1, 2, 1), (3, 100, 70), (17, 40, 33), (9, 600, 50), (40, 300, 97), (11, 1100, 60)];
-        for (m, k, n) in cases {
+        for (m, k, n) in DENSE_CASES {
             let (x, w, b, r) = (values(m * k, 1), values(n * k, 2), values(n, 3), values(m * n, 4));
-            for (dtype, pack) in [(DType::F32, true), (DType::F32, false), (DType::BF16, true)] {
-                let round = |v: f32| if dtype == DType::BF16 { half::bf16::from_f32(v).to_f32() } else { v };
+            for (dtype, pack) in [(DType::F32, true), (DType::F32, false)] {
                 let dense = Dense::build(w.clone(), b.clone(), k, n, dtype, pack);
                 for accumulate in [false, true] {
                     let mut got = if accumulate { r.clone() } else { vec![f32::NAN; m * n] };
                     dense.forward_into(&x, m, &mut got, accumulate);
                     for i in 0..m {
                         for j in 0..n {
-                            let dot: f32 = (0..k).map(|t| round(x[i * k + t]) * round(w[j * k + t])).sum();
+                            let dot: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum();
                             let want = dot + b[j] + if accumulate { r[i * n + j] } else { 0.0 };
                             let g = got[i * n + j];
                             assert!((g - want).abs() < 1e-4 * (1.0 + want.abs()), "{dtype:?} pack {pack} {m}x{k}x{n} [{i},{j}]: {g} vs {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// bf16 dense products against exact ones (f64, inputs not rounded), within the error
+    /// bf16 allows: rounding an activation and a weight to bf16 (8 significant bits, unit
+    /// roundoff u = 2⁻⁸) moves each product by at most (2u + u²)·|x·w|, and summing k + 2
+    /// terms in f32 adds at most (k + 2)·2⁻²⁴ of the sum of magnitudes (Higham, Thm 3.1, to
+    /// first order). This holds on every CPU: with AVX512_BF16 the packed bf16 kernel runs,
+    /// without it the weights are used in f32, which is within the same bound. Where the CPU
+    /// has the instructions, the products must moreover be those of the inputs rounded to
+    /// nearest-even (checked to f32 summation error), which pins the rounding mode (a
+    /// truncating conversion stays inside the first bound).
+    #[test]
+    fn bf16_dense_is_within_bf16_precision_of_exact_products() {
+        const U: f64 = 1.0 / 256.0;
+        const F32_U: f64 = 1.0 / 16_777_216.0;
+        let rne = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
+        for (m, k, n) in DENSE_CASES {
+            let (x, w, b, r) = (values(m * k, 11), values(n * k, 12), values(n, 13), values(m * n, 14));
+            let dense = Dense::build(w.clone(), b.clone(), k, n, DType::BF16, true);
+            for accumulate in [false, true] {
+                let mut got = if accumulate { r.clone() } else { vec![f32::NAN; m * n] };
+                dense.forward_into(&x, m, &mut got, accumulate);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (xr, wr) = (&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+                        let residual = if accumulate { r[i * n + j] as f64 } else { 0.0 };
+                        let rest = b[j] as f64 + residual;
+                        let exact: f64 = xr.iter().zip(wr).map(|(&a, &c)| a as f64 * c as f64).sum::<f64>() + rest;
+                        let magnitude: f64 = xr.iter().zip(wr).map(|(&a, &c)| (a as f64 * c as f64).abs()).sum::<f64>();
+                        // (1 + u)² ≤ 1 + 3u bounds a rounded product; 1.01 covers γ's higher orders.
+                        let summing = 1.01 * (k + 2) as f64 * F32_U * (magnitude * (1.0 + 3.0 * U) + (b[j] as f64).abs() + residual.abs());
+                        let bound = (2.0 * U + U * U) * magnitude + summing;
+                        let g = got[i * n + j] as f64;
+                        assert!((g - exact).abs() <= bound, "{m}x{k}x{n} [{i},{j}] accumulate {accumulate}: {g} vs exact {exact}, bound {bound:e}");
+                        if cpu_has_bf16_matmul() {
+                            let rounded: f64 = xr.iter().zip(wr).map(|(&a, &c)| rne(a) * rne(c)).sum::<f64>() + rest;
+                            assert!((g - rounded).abs() <= summing, "{m}x{k}x{n} [{i},{j}]: {g} vs nearest-even products {rounded}");
                         }
                     }
                 }
