@@ -115,29 +115,34 @@ pub fn ensure_checkpoint(paths: &Paths, arch: Arch) -> Result<PathBuf> {
 /// The real image files (PNG/JPEG) under `src`, sorted, keeping those at least `min_side`
 /// pixels on their short side.
 pub fn real_images(src: &Path, min_side: u32) -> Result<Vec<PathBuf>> {
+    let png_or_jpeg = |path: &Path| {
+        matches!(path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(), Some("png" | "jpg" | "jpeg"))
+    };
+    let out: Vec<PathBuf> = files_under(src, png_or_jpeg)?
+        .into_iter()
+        .filter(|path| image::image_dimensions(path).is_ok_and(|(w, h)| w.min(h) >= min_side))
+        .collect();
+    if out.is_empty() {
+        bail!("no PNG/JPEG images of at least {min_side} px under {}", src.display());
+    }
+    Ok(out)
+}
+
+/// The files under `dir` (recursively) that `keep` accepts, sorted by path.
+fn files_under(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    let mut stack = vec![src.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
-                Some("png" | "jpg" | "jpeg")
-            ) {
-                if let Ok((w, h)) = image::image_dimensions(&path) {
-                    if w.min(h) >= min_side {
-                        out.push(path);
-                    }
-                }
+            } else if keep(&path) {
+                out.push(path);
             }
         }
     }
     out.sort();
-    if out.is_empty() {
-        bail!("no PNG/JPEG images of at least {min_side} px under {}", src.display());
-    }
     Ok(out)
 }
 
@@ -201,20 +206,7 @@ fn fill_folder(dir: &Path, files: &[PathBuf]) -> Result<PathBuf> {
 
 /// The image files under `dir`, sorted by path (the order `capmatch index` takes them in).
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if capmatch_core::image_io::is_image_path(&path) {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    files_under(dir, |p| capmatch_core::image_io::is_image_path(p))
 }
 
 /// A CLIP tower of `arch`'s checkpoint exported to ONNX (f32) for the ONNX Runtime

@@ -207,8 +207,9 @@ impl Report {
              workers, so a machine otherwise quiet reads about 1–2 on 2 cores; PyTorch's OpenMP threads suffer far more than ours from other processes competing for the \
              cores, so rows with a high load overstate the speed ratio). \
              CPU = CPU time of the worker during its rounds ÷ wall time (2.0 = both cores busy). \
-             Idle-side CPU = the largest share of a round the *other* (waiting) worker spent on the CPU; \
-             near 0 means the interleaving did not make the sides compete. Peak RSS from `wait4` on each \
+             Idle-side CPU = the largest share of a round the *other* (waiting) workers spent on the CPU \
+             together; near 0 means the interleaving did not make the sides compete. One line per reference: \
+             rows with two references (PyTorch and ONNX Runtime) share our side's rounds. Peak RSS from `wait4` on each \
              worker process (model load included; it also counts the pages of the memory-mapped checkpoint \
              while they are read, so it can exceed the steady footprint by the file's size).\n\n",
         );

@@ -123,7 +123,7 @@ fn spawn(case: &Case, mut spec: Spec) -> Result<(Who, proc::Worker, Value, PathB
     Ok((spec.who, worker, ready, spec.outputs))
 }
 
-fn side_mut<'a>(result: &'a mut CaseResult, who: Who) -> &'a mut Option<Side> {
+fn side_mut(result: &mut CaseResult, who: Who) -> &mut Option<Side> {
     match who {
         Who::Ours => &mut result.ours,
         Who::Ref(i) => &mut result.refs[i].side,
@@ -155,10 +155,9 @@ fn run_interleaved(settings: &Settings, specs: Vec<Spec>, result: &mut CaseResul
         if i >= settings.min_rounds && start.elapsed().as_secs_f64() > settings.budget_secs {
             break;
         }
-        for j in 0..workers.len() {
+        for (j, (who, worker, side)) in workers.iter_mut().enumerate() {
             let others: Vec<u32> = pids.iter().enumerate().filter(|(o, _)| *o != j).map(|(_, p)| *p).collect();
             let others_cpu = |pids: &[u32]| pids.iter().map(|p| proc::cpu_secs(*p)).sum::<Option<f64>>();
-            let (who, worker, side) = &mut workers[j];
             let before = others_cpu(&others);
             match worker.round(calls) {
                 Ok(round) => {
@@ -168,8 +167,7 @@ fn run_interleaved(settings: &Settings, specs: Vec<Spec>, result: &mut CaseResul
                     side.record(&round);
                 }
                 Err(e) => {
-                    let who = *who;
-                    error(result, who, e);
+                    error(result, *who, e);
                     break 'rounds;
                 }
             }
