@@ -71,6 +71,9 @@ mod tests {
         assert_eq!(paired_ratio(&[1.0, 2.0], &[]), None);
         // The median over pairs, not the mean: one disturbed pair does not move it.
         assert_eq!(paired_ratio(&[1.0, 1.0, 1.0], &[2.0, 2.0, 9.0]), Some(2.0));
+        // Pairs (2×, 1×, 4×) say 2×; the medians of the sides (2 and 2) would say 1×.
+        assert_eq!(paired_ratio(&[1.0, 2.0, 4.0], &[2.0, 2.0, 16.0]), Some(2.0));
+        assert_eq!(ratio_of_medians(&[1.0, 2.0, 4.0], &[2.0, 2.0, 16.0]), Some(1.0));
     }
 
     #[test]
