@@ -695,12 +695,14 @@ fn run_index(cli: &Cli, paths: &Paths, settings: &Settings, real: &[PathBuf]) ->
             .env("RAYON_NUM_THREADS", settings.threads.to_string())
             .env("CANDLE_NUM_THREADS", settings.threads.to_string())
             .envs(settings.ours_env.iter().map(|(k, v)| (k, v)));
+        // Paths relative to the repository: the report names no directory of this machine.
+        let rel = |p: &Path| p.strip_prefix(&paths.repo).unwrap_or(p).display().to_string();
         out.command = format!(
             "capmatch index {} --db {} --clip {} --captioner {} --batch {BATCH} --dtype f32",
-            folder.display(),
-            db.display(),
-            clip.display(),
-            captioner.display()
+            rel(folder),
+            rel(&db),
+            rel(&clip),
+            rel(&captioner)
         );
         eprintln!("[bench] index · {n} real images ...");
         let log = paths.logs().join(format!("index-{name}.log"));
