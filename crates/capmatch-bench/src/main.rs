@@ -69,8 +69,7 @@ struct Cli {
     #[arg(long, default_value = "bench-models")]
     models_dir: PathBuf,
     /// Folder of real images (default: bench-models/real-images, fetched with
-    /// ../shared/data/fetch-real-images.sh (beside the repository) when missing, or
-    /// /tmp/real/tuxpaint).
+    /// ../shared/data/fetch-real-images.sh, relative to the project, when missing).
     #[arg(long)]
     images: Option<PathBuf>,
     #[arg(long, default_value = "python3")]
@@ -452,12 +451,8 @@ fn find_images(cli: &Cli, paths: &Paths) -> Result<PathBuf> {
     if fetched.join("tuxpaint").is_dir() {
         return Ok(fetched.join("tuxpaint"));
     }
-    let tmp = PathBuf::from("/tmp/real/tuxpaint");
-    if tmp.is_dir() {
-        return Ok(tmp);
-    }
-    // shared/ sits beside the repository (a worktree's parent holds it too).
-    let script = paths.repo.join("../shared/data/fetch-real-images.sh");
+    // `../shared` beside the project's checkout.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/fetch-real-images.sh");
     eprintln!("[bench] fetching real images with {} ...", script.display());
     let status = Command::new("bash").arg(&script).arg(&fetched).status()?;
     if !status.success() {
@@ -768,12 +763,16 @@ fn index_model_only(
         let mean = new.iter().sum::<usize>() as f64 / new.len() as f64;
         out.new_tokens = Some((*new.iter().min().unwrap(), mean, *new.iter().max().unwrap()));
     }
-    let store = capmatch_index::SqliteStore::open_read_only(db)?;
-    let gallery = capmatch_index::Gallery::load(&store, None)?;
-    let stored: std::collections::HashMap<String, String> = (0..gallery.len())
-        .map(|i| {
-            let name = Path::new(gallery.path(i)).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            (name, gallery.captions(i).first().cloned().unwrap_or_default())
+    use capmatch_store::Catalog;
+    let catalog = capmatch_store::SqliteCatalog::open_read_only(db)?;
+    let ids: Vec<capmatch_store::ImageId> = catalog.ids()?.into_iter().map(|(id, _)| id).collect();
+    let stored: std::collections::HashMap<String, String> = catalog
+        .entries(&ids)?
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = Path::new(&e.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (name, e.captions.first().cloned().unwrap_or_default())
         })
         .collect();
     let same = files

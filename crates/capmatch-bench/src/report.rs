@@ -260,15 +260,14 @@ impl Report {
              inputs cast to the model dtype, under `torch.inference_mode()`.\n\
              - Text: 32 captions that the CLIP tokenizer turns into exactly 20 tokens (start/end included).\n\
              - Search: L2-normalised random 512-d float32 vectors in a `.npy` file both sides read, 1024 query \
-             vectors, top 10. One query per call (the interactive case): capmatch uses `capmatch_index::Gallery::search` \
-             in caption mode with each vector as the entry's caption and image embedding (the gallery holds both \
-             matrices, which its memory figure includes), parallel over the gallery; faiss `IndexFlatIP.search` with one \
-             query, which faiss runs on **one thread** (it parallelises over queries), so these rows are our two \
-             threads against its one. 64 and 1024 queries per call (eval, inspect): faiss uses every thread (BLAS \
-             products); capmatch uses capmatch-eval's blockwise gemm scorer (`scoring::score_pair`, caption mode), \
-             through an adapter in `capmatch-bench` (`search::EvalScorer`), doing the same products and one pass \
-             over each score row (ranking 10 items per query). The adapter sizes blocks so that every thread gets \
-             one (the scorer's default puts a small batch in one block).\n\
+             vectors, top 10. capmatch uses `capmatch_store::ExactIndex` (memory-mapped, opened as `capmatch search` \
+             opens it) in caption mode with each vector as the entry's caption and image embedding (the index holds \
+             both matrices, which its memory figure includes). One query per call (the interactive case): \
+             `ExactIndex::search`, parallel over the gallery; faiss `IndexFlatIP.search` with one query, which faiss \
+             runs on **one thread** (it parallelises over queries), so these rows are our two threads against its \
+             one. 64 and 1024 queries per call (eval, inspect): `ExactIndex::search_many`, which scores the batch \
+             against the gallery together; faiss uses every thread (BLAS products). Both return the top 10; the \
+             first 64 queries' results are compared.\n\
              - `capmatch index`: the real binary on folders of real PNG files (alpha, odd sizes), fresh database \
              each time; peak RSS from `wait4`. The big folder starts with the small folder's files, so the \
              per-extra-image rate ((big − small) images ÷ (big − small) wall time) is that of the big folder's \

@@ -1,8 +1,8 @@
 //! `capmatch`: cross-domain image retrieval by caption matching.
 //!
-//! A thin binary: argument parsing and output formatting live here; the work is done by
-//! `capmatch-core` (models, images), `capmatch-index` (store, indexing, search) and
-//! `capmatch-eval` (benchmark protocol). Each subcommand has its own file in `commands/`.
+//! A thin binary: flags and output formatting live here; the work is done by
+//! `capmatch-engine` (indexing, search, info over the gallery and the models) and
+//! `capmatch-eval` (the benchmark protocol). Each subcommand has its own file in `commands/`.
 
 mod commands;
 
@@ -43,13 +43,22 @@ pub enum Dtype {
 }
 
 impl Dtype {
-    pub fn candle(self) -> capmatch_core::DType {
+    pub fn engine(self) -> capmatch_engine::Dtype {
         match self {
-            Dtype::F32 => capmatch_core::DType::F32,
-            Dtype::Bf16 => capmatch_core::DType::BF16,
-            Dtype::F16 => capmatch_core::DType::F16,
+            Dtype::F32 => capmatch_engine::Dtype::F32,
+            Dtype::Bf16 => capmatch_engine::Dtype::Bf16,
+            Dtype::F16 => capmatch_engine::Dtype::F16,
         }
     }
+}
+
+/// Where the models run.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArg {
+    /// Device the models run on: cpu, cuda, cuda:N or metal (the last two need a build with
+    /// the `cuda` or `metal` feature).
+    #[arg(long, default_value = "cpu", env = "CAPMATCH_DEVICE")]
+    pub device: String,
 }
 
 /// Where the CLIP model comes from.
@@ -85,6 +94,8 @@ pub struct GalleryModelArgs {
     /// Model precision [default: f32; BLIP-2 captioner weights bf16].
     #[arg(long, value_enum)]
     pub dtype: Option<Dtype>,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +111,8 @@ pub struct EmbedArgs {
     pub text: Vec<String>,
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Dtype,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Print a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -123,6 +136,8 @@ pub struct CaptionArgs {
     /// Model precision [default: f32; BLIP-2 captioner weights bf16].
     #[arg(long, value_enum)]
     pub dtype: Option<Dtype>,
+    #[command(flatten)]
+    pub device: DeviceArg,
     #[arg(long)]
     pub json: bool,
     #[arg(required = true, value_name = "IMAGE")]
@@ -159,6 +174,8 @@ pub enum SearchMode {
     Fused,
     /// Text query vs gallery images.
     Text,
+    /// The query image's own captions vs gallery captions (the query is captioned first).
+    CaptionText,
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +203,8 @@ pub struct SearchArgs {
     pub json: bool,
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Dtype,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Where the index's CLIP model is now, if not where the index recorded it (its config
     /// must be the recorded one).
     #[arg(long)]
@@ -198,6 +217,10 @@ pub struct InfoArgs {
     pub db: PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// Check the index's integrity (the database, every file's vectors, every file still on
+    /// disk) and say how to fix what is wrong; exits with status 1 if anything is.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Args, Debug)]

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use capmatch_core::image_io::{decode_file, DecodeLimits};
 use capmatch_core::RgbImage;
-use capmatch_index::{Gallery, SqliteStore, Store};
+use capmatch_engine::{Engine, QueryModels};
 use serde_json::Value;
 
 fn workspace() -> PathBuf {
@@ -267,12 +267,11 @@ fn sigkill_mid_run_then_resume_finishes_with_no_duplicates_and_nothing_missing()
     assert!(!status.success(), "the run should have been killed, not finished:\n{}", seen.join("\n"));
 
     let committed = {
-        let store = SqliteStore::open_read_only(&db).unwrap();
-        assert_eq!(store.integrity_check().unwrap(), "ok");
-        let gallery = Gallery::load(&store, None).unwrap();
-        let n = store.summary().unwrap().files as usize;
-        assert_eq!(gallery.len(), n, "every committed file has its vectors");
-        n
+        // A reader sees the last commit: a sound catalog, and vectors for every file in it.
+        let engine = Engine::open_reader(&db, QueryModels::default()).unwrap();
+        let check = engine.check(true).unwrap();
+        assert!(check.problems.iter().all(|p| p.what.contains("belong to no indexed file")), "{check:?}");
+        check.files
     };
     assert!(committed >= 2, "at least the batch logged as committed is in the index");
     assert!(committed < total, "killed mid-run");
@@ -281,13 +280,15 @@ fn sigkill_mid_run_then_resume_finishes_with_no_duplicates_and_nothing_missing()
     assert_eq!(count(&stdout, "new"), total - committed, "{stdout}");
     assert_eq!(count(&stdout, "unchanged"), committed, "{stdout}");
 
-    let store = SqliteStore::open_read_only(&db).unwrap();
-    assert_eq!(store.integrity_check().unwrap(), "ok");
-    let summary = store.summary().unwrap();
-    assert_eq!((summary.files as usize, summary.images as usize), (total, total));
-    assert!(summary.skipped.is_empty());
-    let gallery = Gallery::load(&store, None).unwrap();
-    let mut paths: Vec<String> = (0..gallery.len()).map(|i| gallery.path(i).to_owned()).collect();
+    let engine = Engine::open_reader(&db, QueryModels::default()).unwrap();
+    let check = engine.check(true).unwrap();
+    assert!(check.is_ok(), "{check:?}");
+    let info = engine.info().unwrap();
+    assert_eq!((info.catalog.files as usize, info.catalog.images as usize), (total, total));
+    assert_eq!(info.vectors.images as usize, total, "one vector row per file, none left over");
+    assert!(info.catalog.skipped.is_empty());
+    let ids: Vec<_> = engine.ids().unwrap().into_iter().map(|(id, _)| id).collect();
+    let mut paths: Vec<String> = engine.entries(&ids).unwrap().into_iter().map(|e| e.unwrap().path).collect();
     paths.sort();
     paths.dedup();
     assert_eq!(paths.len(), total, "no duplicates, nothing missing");

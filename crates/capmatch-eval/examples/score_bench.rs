@@ -5,13 +5,12 @@
 use std::time::Instant;
 
 use capmatch_eval::scoring::{score_pair, DomainMatrix, ScoreOptions};
-use capmatch_eval::Mode;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let (nq, ng, dim) = (arg(0, 20_000), arg(1, 20_000), arg(2, 512));
-    let modes = Mode::parse_list(&args.get(3).cloned().into_iter().collect::<Vec<_>>()).unwrap();
+    let modes = capmatch_eval::parse_modes(&args.get(3).cloned().into_iter().collect::<Vec<_>>()).unwrap();
     let mut state = 0x9e3779b97f4a7c15u64;
     let mut rnd = move || {
         state ^= state << 13;

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use metrics::{Accumulator, Metrics, PrecisionAtK};
-pub use protocol::{Mode, Protocol};
+pub use protocol::{parse_modes, Mode, Protocol, EVAL_MODES};
 pub use scoring::{DomainMatrix, ScoreOptions};
 
 /// One image of the benchmark, as the scorer needs it.
@@ -71,7 +71,7 @@ impl Default for EvalConfig {
         Self {
             protocol: "custom".into(),
             domains: Vec::new(),
-            modes: Mode::ALL.to_vec(),
+            modes: EVAL_MODES.to_vec(),
             ks: vec![1, 5, 15],
             weight: 0.5,
             normalize: true,
@@ -88,6 +88,8 @@ pub enum EvalError {
     ZeroK,
     #[error("no mode given")]
     NoMode,
+    #[error("mode {0} is not a mode of the evaluation (its queries are images)")]
+    Mode(Mode),
     #[error("weight {0} is not in [0, 1]")]
     Weight(f32),
     #[error("domain {0:?} has no images")]
@@ -191,6 +193,9 @@ pub fn evaluate(items: &[EvalItem], config: &EvalConfig, progress: &(dyn Fn(usiz
     }
     if config.modes.is_empty() {
         return Err(EvalError::NoMode);
+    }
+    if let Some(m) = config.modes.iter().find(|m| !EVAL_MODES.contains(m)) {
+        return Err(EvalError::Mode(*m));
     }
     if !(0.0..=1.0).contains(&config.weight) {
         return Err(EvalError::Weight(config.weight));

@@ -1,9 +1,6 @@
 //! Benchmark protocols (domains, classes and k of Office-Home and DomainNet as UCDIR and the
 //! CDIR papers after it evaluate them) and the retrieval modes of the ablation.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 
 /// The DomainNet class subset file, with its source in the header comments.
@@ -87,70 +84,33 @@ pub struct UnknownName {
     pub expected: &'static str,
 }
 
-/// How a query is scored against the gallery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Query image embedding vs gallery caption embeddings (max over an image's captions):
-    /// Caption-Matching.
-    Caption,
-    /// Query image embedding vs gallery image embeddings: the CLIP baseline.
-    Image,
-    /// `W × caption + (1 − W) × image`.
-    Fused,
-    /// The query's own caption embeddings vs gallery caption embeddings (max over both sides).
-    CaptionText,
-}
+/// The retrieval modes (defined once, in `capmatch-retrieval`).
+pub use capmatch_retrieval::Mode;
 
-impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Caption, Mode::Image, Mode::Fused, Mode::CaptionText];
+/// The modes of the evaluation's ablation, in report order (`text` is not one: the queries
+/// are images).
+pub const EVAL_MODES: [Mode; 4] = [Mode::Caption, Mode::Image, Mode::Fused, Mode::CaptionText];
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Caption => "caption",
-            Mode::Image => "image",
-            Mode::Fused => "fused",
-            Mode::CaptionText => "caption-text",
-        }
-    }
-
-    /// Parses a comma-separated list (`caption,image`); empty input means all modes.
-    /// Duplicates are dropped, order kept.
-    pub fn parse_list<S: AsRef<str>>(items: &[S]) -> Result<Vec<Mode>, UnknownName> {
-        let mut out = Vec::new();
-        for item in items {
-            for part in item.as_ref().split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let mode: Mode = part.parse()?;
-                if !out.contains(&mode) {
-                    out.push(mode);
-                }
+/// Parses a comma-separated list of evaluation modes (`caption,image`); empty input means
+/// all of [`EVAL_MODES`]. Duplicates are dropped, order kept.
+pub fn parse_modes<S: AsRef<str>>(items: &[S]) -> Result<Vec<Mode>, UnknownName> {
+    let unknown = |name: &str| UnknownName { kind: "mode", name: name.into(), expected: "caption, image, fused, caption-text" };
+    let mut out = Vec::new();
+    for item in items {
+        for part in item.as_ref().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let mode: Mode = part.parse().map_err(|_| unknown(part))?;
+            if !EVAL_MODES.contains(&mode) {
+                return Err(unknown(part));
+            }
+            if !out.contains(&mode) {
+                out.push(mode);
             }
         }
-        if out.is_empty() {
-            out = Mode::ALL.to_vec();
-        }
-        Ok(out)
     }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    if out.is_empty() {
+        out = EVAL_MODES.to_vec();
     }
-}
-
-impl FromStr for Mode {
-    type Err = UnknownName;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "caption" => Ok(Mode::Caption),
-            "image" => Ok(Mode::Image),
-            "fused" => Ok(Mode::Fused),
-            "caption-text" | "captiontext" => Ok(Mode::CaptionText),
-            _ => Err(UnknownName { kind: "mode", name: s.into(), expected: "caption, image, fused, caption-text" }),
-        }
-    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -182,13 +142,10 @@ mod tests {
 
     #[test]
     fn modes_parse() {
-        assert_eq!(Mode::parse_list::<&str>(&[]).unwrap(), Mode::ALL);
-        assert_eq!(
-            Mode::parse_list(&["caption-text,image", "image"]).unwrap(),
-            [Mode::CaptionText, Mode::Image]
-        );
-        assert!(Mode::parse_list(&["text"]).is_err());
-        for m in Mode::ALL {
+        assert_eq!(parse_modes::<&str>(&[]).unwrap(), EVAL_MODES);
+        assert_eq!(parse_modes(&["caption-text,image", "image"]).unwrap(), [Mode::CaptionText, Mode::Image]);
+        assert!(parse_modes(&["text"]).is_err());
+        for m in EVAL_MODES {
             assert_eq!(m.as_str().parse::<Mode>().unwrap(), m);
             assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
         }

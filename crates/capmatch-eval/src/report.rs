@@ -321,6 +321,7 @@ fn mode_color(mode: Mode) -> RGBColor {
         Mode::Image => RGBColor(255, 127, 14),
         Mode::Fused => RGBColor(44, 160, 44),
         Mode::CaptionText => RGBColor(148, 103, 189),
+        Mode::Text => RGBColor(214, 39, 40),
     }
 }
 

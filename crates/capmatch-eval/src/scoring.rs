@@ -1,20 +1,26 @@
 //! Blockwise scoring of a (query domain, gallery domain) pair.
 //!
-//! Queries are processed in blocks of rows: for a block, the score rows against the whole
-//! gallery are one matrix product (`gemm`, f32), reduced to one score per gallery image
-//! (max over its captions), and each row is turned into the ranks of its relevant gallery
-//! items without sorting the gallery (see [`RankScratch`]). Blocks run in parallel (rayon);
-//! memory is a few `block × gallery` f32 buffers per thread, never a queries × gallery matrix.
+//! Queries are processed in blocks of rows: for a block, the scores against the whole
+//! gallery come from `capmatch_retrieval`'s scorer — the same kernel, the same "best
+//! caption", fused formula and order a search uses, so an evaluation ranks exactly as a
+//! search of the same gallery — and each row is turned into the ranks of its relevant
+//! gallery items without sorting the gallery (see [`RankScratch`]). Blocks run in parallel
+//! (rayon); memory is a few `block × gallery` f32 buffers per thread, never a queries ×
+//! gallery matrix.
 //!
-//! Ranking order: score descending, ties broken by gallery order (lower index first). NaN
-//! scores rank as −∞; a gallery image without captions scores −∞ in the caption modes.
+//! Ranking order (`capmatch_retrieval::rank`): score descending, ties broken by gallery
+//! order (lower index first), NaN as −∞; a gallery image without captions scores −∞ in the
+//! caption modes.
 
 use std::ops::Range;
 
+use capmatch_retrieval::{fuse, score_chunk, GalleryVectors, QueryVectors, ScoreBlock, Target};
 use rayon::prelude::*;
 
 use crate::metrics::Accumulator;
 use crate::protocol::Mode;
+
+pub use capmatch_retrieval::rank_key;
 
 /// Embeddings of the images of one domain, ready for scoring.
 #[derive(Debug, Clone)]
@@ -39,6 +45,18 @@ impl DomainMatrix {
         self.classes.is_empty()
     }
 
+    /// `n + 1` caption offsets (the caption rows are consecutive, image by image).
+    fn caption_offsets(&self) -> Vec<u32> {
+        let mut offsets = Vec::with_capacity(self.len() + 1);
+        offsets.push(0);
+        offsets.extend(self.caption_rows.iter().map(|r| r.end as u32));
+        offsets
+    }
+
+    fn vectors<'a>(&'a self, offsets: &'a [u32]) -> GalleryVectors<'a> {
+        GalleryVectors::new(self.dim.max(1), &self.images, &self.captions, offsets).expect("shapes checked at construction")
+    }
+
     /// Builds the matrices of one domain from per-image vectors. With `normalize`, every
     /// vector is scaled to unit L2 norm (so scores are cosines); zero vectors stay zero.
     /// Errors when a vector's length is not `dim`.
@@ -54,12 +72,8 @@ impl DomainMatrix {
             let start = dst.len();
             dst.extend_from_slice(v);
             if normalize {
-                let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
-                if norm > 0.0 {
-                    for x in &mut dst[start..] {
-                        *x = (*x as f64 / norm) as f32;
-                    }
-                }
+                // The one normalisation; a zero vector has no direction and stays zero.
+                let _ = capmatch_retrieval::normalize(&mut dst[start..]);
             }
             Ok(())
         };
@@ -89,75 +103,6 @@ impl Default for ScoreOptions {
     fn default() -> Self {
         Self { weight: 0.5, block_rows: None }
     }
-}
-
-/// `dst (m × n) = a (m × k) · bᵀ` with `b` given as `n × k`, all row-major.
-fn matmul_abt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, dst: &mut [f32]) {
-    assert_eq!(a.len(), m * k);
-    assert_eq!(b.len(), n * k);
-    assert_eq!(dst.len(), m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        dst.fill(0.0);
-        return;
-    }
-    // SAFETY: the slices have the asserted sizes; strides describe row-major a (m×k),
-    // bᵀ (k×n, i.e. b read column-wise) and dst (m×n); dst is not read (read_dst = false).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            k as isize,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// Reduces `raw` (`rows × cols`) to `out` (`groups_r × groups_c`): max over the rows of each
-/// row group and the columns of each column group; −∞ for empty groups.
-fn max_reduce(raw: &[f32], cols: usize, row_groups: &[Range<usize>], col_groups: &[Range<usize>], out: &mut [f32]) {
-    let gc = col_groups.len();
-    for (gi, rg) in row_groups.iter().enumerate() {
-        let dst = &mut out[gi * gc..(gi + 1) * gc];
-        dst.fill(f32::NEG_INFINITY);
-        for r in rg.clone() {
-            let row = &raw[r * cols..(r + 1) * cols];
-            for (d, cg) in dst.iter_mut().zip(col_groups) {
-                for &v in &row[cg.clone()] {
-                    // NaN never wins a max here (comparison is false).
-                    if v > *d {
-                        *d = v;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Sort key of a gallery item: smaller = ranked earlier (score descending, then index).
-#[inline]
-pub fn rank_key(score: f32, index: u32) -> u64 {
-    let s = if score.is_nan() { f32::NEG_INFINITY } else { score + 0.0 }; // -0.0 -> 0.0
-    let bits = s.to_bits();
-    let ascending = if bits & 0x8000_0000 != 0 { !bits } else { bits | 0x8000_0000 };
-    ((!ascending as u64) << 32) | index as u64
 }
 
 /// Per-thread buffers that turn a score row into the ranks of its relevant items.
@@ -296,6 +241,9 @@ pub fn score_pair(
     let need_caption = modes.iter().any(|m| matches!(m, Mode::Caption | Mode::Fused));
     let need_text = modes.contains(&Mode::CaptionText);
     let n_cap = gallery.captions.len() / dim.max(1);
+    let gallery_offsets = gallery.caption_offsets();
+    let gallery_vectors = gallery.vectors(&gallery_offsets);
+    let query_offsets = queries.caption_offsets();
 
     // Relevant gallery indices per class.
     let n_classes = gallery.classes.iter().chain(&queries.classes).map(|&c| c as usize + 1).max().unwrap_or(0);
@@ -316,32 +264,29 @@ pub fn score_pair(
     starts
         .into_par_iter()
         .fold(
-            || (empty(), RankScratch::default(), Vec::<f32>::new(), Vec::<f32>::new(), Vec::<f32>::new(), Vec::<f32>::new()),
-            |(mut accs, mut scratch, mut img, mut cap, mut text, mut raw), q0| {
+            || (empty(), RankScratch::default(), ScoreBlock::default(), Vec::<f32>::new(), Vec::<f32>::new(), Vec::<f32>::new()),
+            |(mut accs, mut scratch, mut block_scratch, mut img, mut cap, mut text), q0| {
                 let q1 = (q0 + block).min(n_queries);
                 let rows = q1 - q0;
-                let q_img = &queries.images[q0 * dim..q1 * dim];
+                let own = QueryVectors::rows(dim.max(1), &queries.images[q0 * dim..q1 * dim]);
+                let mut score = |queries: &QueryVectors<'_>, target: Target, out: &mut Vec<f32>| {
+                    out.resize(rows * n_gallery, 0.0);
+                    score_chunk(&gallery_vectors, queries, target, 0..n_gallery, &mut block_scratch, out);
+                };
                 if need_image {
-                    img.resize(rows * n_gallery, 0.0);
-                    matmul_abt(q_img, &gallery.images, rows, n_gallery, dim, &mut img);
+                    score(&own, Target::Image, &mut img);
                 }
                 if need_caption {
-                    raw.resize(rows * n_cap, 0.0);
-                    matmul_abt(q_img, &gallery.captions, rows, n_cap, dim, &mut raw);
-                    cap.resize(rows * n_gallery, 0.0);
-                    let own: Vec<Range<usize>> = (0..rows).map(|r| r..r + 1).collect();
-                    max_reduce(&raw, n_cap, &own, &gallery.caption_rows, &mut cap);
+                    score(&own, Target::Captions, &mut cap);
                 }
                 if need_text {
-                    let r0 = queries.caption_rows[q0].start;
-                    let r1 = queries.caption_rows[q1 - 1].end;
-                    let q_cap = &queries.captions[r0 * dim..r1 * dim];
-                    raw.resize((r1 - r0) * n_cap, 0.0);
-                    matmul_abt(q_cap, &gallery.captions, r1 - r0, n_cap, dim, &mut raw);
-                    let groups: Vec<Range<usize>> =
-                        queries.caption_rows[q0..q1].iter().map(|r| r.start - r0..r.end - r0).collect();
-                    text.resize(rows * n_gallery, 0.0);
-                    max_reduce(&raw, n_cap, &groups, &gallery.caption_rows, &mut text);
+                    // caption-text: each query is its own caption vectors (an image without
+                    // captions is a query with no vector: it scores −∞ everywhere).
+                    let r0 = query_offsets[q0] as usize;
+                    let r1 = query_offsets[q1] as usize;
+                    let groups = (q0..q1).map(|q| query_offsets[q] as usize - r0..query_offsets[q + 1] as usize - r0).collect();
+                    let own_captions = QueryVectors { dim: dim.max(1), vectors: &queries.captions[r0 * dim..r1 * dim], groups };
+                    score(&own_captions, Target::Captions, &mut text);
                 }
                 let w = options.weight;
                 let mut fused = Vec::new();
@@ -349,16 +294,14 @@ pub fn score_pair(
                     let class = queries.classes[q0 + r];
                     let relevant: &[u32] = by_class.get(class as usize).map(Vec::as_slice).unwrap_or(&[]);
                     for (mi, mode) in modes.iter().enumerate() {
+                        let row = r * n_gallery..(r + 1) * n_gallery;
                         let scores: &[f32] = match mode {
-                            Mode::Image => &img[r * n_gallery..(r + 1) * n_gallery],
-                            Mode::Caption => &cap[r * n_gallery..(r + 1) * n_gallery],
-                            Mode::CaptionText => &text[r * n_gallery..(r + 1) * n_gallery],
+                            Mode::Image | Mode::Text => &img[row],
+                            Mode::Caption => &cap[row],
+                            Mode::CaptionText => &text[row],
                             Mode::Fused => {
                                 fused.clear();
-                                fused.extend_from_slice(&cap[r * n_gallery..(r + 1) * n_gallery]);
-                                for (f, &i) in fused.iter_mut().zip(&img[r * n_gallery..(r + 1) * n_gallery]) {
-                                    *f = w * *f + (1.0 - w) * i;
-                                }
+                                fused.extend(cap[row.clone()].iter().zip(&img[row]).map(|(&c, &i)| fuse(w, c, i)));
                                 &fused
                             }
                         };
@@ -367,7 +310,7 @@ pub fn score_pair(
                     }
                 }
                 progress(rows);
-                (accs, scratch, img, cap, text, raw)
+                (accs, scratch, block_scratch, img, cap, text)
             },
         )
         .map(|(accs, ..)| accs)
@@ -379,27 +322,48 @@ pub fn score_pair(
         })
 }
 
+/// The ascending 0-based ranks of each query's relevant gallery items, for one mode: what
+/// the metrics are computed from (for checks that an evaluation ranks as a search does).
+pub fn relevant_ranks(queries: &DomainMatrix, gallery: &DomainMatrix, mode: Mode, weight: f32) -> Vec<Vec<usize>> {
+    (0..queries.len())
+        .map(|q| {
+            let caps = queries.caption_rows[q].clone();
+            let one = DomainMatrix {
+                dim: queries.dim,
+                classes: vec![queries.classes[q]],
+                images: queries.images[q * queries.dim..(q + 1) * queries.dim].to_vec(),
+                captions: queries.captions[caps.start * queries.dim..caps.end * queries.dim].to_vec(),
+                caption_rows: vec![0..caps.len()],
+            };
+            rank_one(&one, gallery, mode, weight)
+        })
+        .collect()
+}
+
+fn rank_one(query: &DomainMatrix, gallery: &DomainMatrix, mode: Mode, weight: f32) -> Vec<usize> {
+    let offsets = gallery.caption_offsets();
+    let g = gallery.vectors(&offsets);
+    let dim = query.dim.max(1);
+    let n = gallery.len();
+    let mut block = ScoreBlock::default();
+    let mut scores = vec![0.0; n];
+    let own = QueryVectors::rows(dim, &query.images);
+    match mode {
+        Mode::CaptionText => {
+            let caps = QueryVectors::one(dim, &query.captions);
+            score_chunk(&g, &caps, Target::Captions, 0..n, &mut block, &mut scores);
+        }
+        _ => score_chunk(&g, &own, mode.target(weight), 0..n, &mut block, &mut scores),
+    }
+    let relevant: Vec<u32> = (0..n as u32).filter(|&j| gallery.classes[j as usize] == query.classes[0]).collect();
+    let mut scratch = RankScratch::default();
+    scratch.rank_relevant(&scores, &relevant);
+    scratch.ranks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rank_key_orders_scores_descending_then_index() {
-        let mut v = [
-            (0.5f32, 3u32),
-            (0.5, 1),
-            (-0.0, 0),
-            (0.0, 2),
-            (f32::NAN, 4),
-            (f32::NEG_INFINITY, 5),
-            (-1.0, 6),
-            (f32::INFINITY, 7),
-        ];
-        v.sort_by_key(|&(s, i)| rank_key(s, i));
-        let order: Vec<u32> = v.iter().map(|&(_, i)| i).collect();
-        // +inf, 0.5 (idx 1 before 3), 0.0 == -0.0 (idx 0 before 2), -1, then -inf and NaN by index.
-        assert_eq!(order, [7, 1, 3, 0, 2, 6, 4, 5]);
-    }
 
     /// Ranks of the relevant items by a full sort with the tie rule.
     fn naive_ranks(scores: &[f32], relevant: &[u32]) -> Vec<usize> {
@@ -448,30 +412,4 @@ mod tests {
         assert_eq!(scratch.ranks, want);
     }
 
-    #[test]
-    fn max_reduce_groups() {
-        // 2 rows × 5 cols; columns grouped {0,1}, {}, {2,3,4}.
-        let raw = [1.0, 5.0, 2.0, 0.0, 3.0, 4.0, 0.0, 9.0, 1.0, 1.0];
-        let mut out = [0.0; 6];
-        max_reduce(&raw, 5, &[0..1, 1..2], &[0..2, 2..2, 2..5], &mut out);
-        assert_eq!(out, [5.0, f32::NEG_INFINITY, 3.0, 4.0, f32::NEG_INFINITY, 9.0]);
-        let mut out = [0.0; 3];
-        max_reduce(&raw, 5, std::slice::from_ref(&(0..2)), &[0..2, 2..2, 2..5], &mut out);
-        assert_eq!(out, [5.0, f32::NEG_INFINITY, 9.0]);
-    }
-
-    #[test]
-    fn matmul_matches_naive() {
-        let (m, n, k) = (5, 7, 3);
-        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
-        let b: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 - 2.0).collect();
-        let mut d = vec![0.0; m * n];
-        matmul_abt(&a, &b, m, n, k, &mut d);
-        for i in 0..m {
-            for j in 0..n {
-                let want: f32 = (0..k).map(|t| a[i * k + t] * b[j * k + t]).sum();
-                assert_eq!(d[i * n + j], want);
-            }
-        }
-    }
 }

@@ -125,7 +125,7 @@ fn files_are_written_and_read_back() {
 fn text_tables_list_every_pair_and_a_mean() {
     let r = office_home_like();
     let t = report::text_tables(&r);
-    for mode in Mode::ALL {
+    for mode in capmatch_eval::EVAL_MODES {
         assert!(t.contains(&format!("mode: {mode}")));
     }
     assert_eq!(t.matches("Art → Clipart").count(), 4);

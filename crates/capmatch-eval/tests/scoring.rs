@@ -66,8 +66,13 @@ fn naive_score(mode: Mode, q: &EvalItem, g: &EvalItem, w: f32) -> f32 {
     match mode {
         Mode::Caption => caption,
         Mode::Image => image,
+        // A component weighted 0 takes no part (an image without captions, caption score
+        // −∞, still ranks by its image at w = 0).
+        Mode::Fused if w == 0.0 => image,
+        Mode::Fused if w == 1.0 => caption,
         Mode::Fused => w * caption + (1.0 - w) * image,
         Mode::CaptionText => max_dot(&q.caption_embeddings, &g.caption_embeddings),
+        Mode::Text => unreachable!("not an evaluation mode"),
     }
 }
 
@@ -103,12 +108,12 @@ fn naive(items: &[EvalItem], domains: &[&str], modes: &[Mode], ks: &[usize], w: 
 }
 
 fn check(items: &[EvalItem], domains: &[&str], ks: &[usize], w: f32, blocks: &[Option<usize>]) {
-    let want = naive(items, domains, &Mode::ALL, ks, w);
+    let want = naive(items, domains, &capmatch_eval::EVAL_MODES, ks, w);
     for &block_rows in blocks {
         let config = EvalConfig {
             protocol: "test".into(),
             domains: domains.iter().map(|s| s.to_string()).collect(),
-            modes: Mode::ALL.to_vec(),
+            modes: capmatch_eval::EVAL_MODES.to_vec(),
             ks: ks.to_vec(),
             weight: w,
             normalize: false,
@@ -159,13 +164,13 @@ fn fused_extremes_equal_single_modes() {
         let config = EvalConfig { modes: vec![mode], ks: vec![1, 5], weight: w, normalize: false, ..EvalConfig::default() };
         evaluate(&items, &config, &|_| {}).unwrap()
     };
+    // Images without captions are there (max_captions = 1 draws 0 or 1): at w = 0 they must
+    // rank by their image score like everything else, not fall to the bottom as 0 × −∞.
+    assert!(items.iter().filter(|i| i.caption_embeddings.is_empty()).count() >= 5);
     let image = run(Mode::Image, 0.5);
     let fused0 = run(Mode::Fused, 0.0);
-    // Only images that all have captions: w = 0 is exactly the image mode.
-    if items.iter().all(|i| !i.caption_embeddings.is_empty()) {
-        for (a, b) in image.results.iter().zip(&fused0.results) {
-            assert_eq!(a.metrics, b.metrics);
-        }
+    for (a, b) in image.results.iter().zip(&fused0.results) {
+        assert_eq!(a.metrics, b.metrics, "fused at w = 0 is exactly the image mode");
     }
     let caption = run(Mode::Caption, 0.5);
     let fused1 = run(Mode::Fused, 1.0);

@@ -4,7 +4,7 @@ use capmatch_core::captioner::CaptionOptions;
 use serde::Serialize;
 
 use super::embed::truncate;
-use super::models::{decode_all, load_captioner};
+use super::models::{decode_all, device, load_captioner_arg};
 use crate::CaptionArgs;
 
 /// Images go through the captioner in slices of this size, bounding memory.
@@ -21,7 +21,8 @@ pub fn run(args: CaptionArgs) -> anyhow::Result<()> {
         anyhow::bail!("--beams must be at least 1");
     }
     let images = decode_all(&args.images)?;
-    let (model, prompt) = load_captioner(&args.captioner, args.dtype, args.prompt.as_deref())?;
+    let (model, prompt) =
+        load_captioner_arg(&args.captioner.captioner, args.dtype, args.prompt.as_deref(), &device(&args.device)?)?;
     let options = CaptionOptions {
         prompt,
         max_new_tokens: args.max_new_tokens,

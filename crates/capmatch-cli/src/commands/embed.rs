@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::models::{decode_all, load_clip};
+use super::models::{decode_all, device, load_clip_arg};
 use crate::EmbedArgs;
 
 /// Images and texts go through the model in slices of this size, bounding memory.
@@ -17,7 +17,7 @@ struct Embedded {
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let images = decode_all(&args.image)?;
-    let model = load_clip(&args.clip, args.dtype)?;
+    let model = load_clip_arg(&args.clip.clip, args.dtype, &device(&args.device)?)?;
 
     let mut rows = Vec::with_capacity(images.len() + args.text.len());
     for (paths, batch) in args.image.chunks(BATCH).zip(images.chunks(BATCH)) {

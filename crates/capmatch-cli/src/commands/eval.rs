@@ -12,7 +12,6 @@
 //! 4. Print tables (or `--json`), and with `--out DIR` write results.md, results.csv,
 //!    results.json, precision.svg and precision.png.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use capmatch_eval::dataset::{self, Dataset, Selection};
 use capmatch_eval::{evaluate, report, EvalConfig, EvalItem, Mode, Protocol};
-use capmatch_index::{index_folders, GalleryModels, IndexObserver, IndexOptions, IndexReport, SqliteStore, Store};
+use capmatch_engine::{Engine, IndexObserver, IndexOptions, IndexReport};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -55,7 +54,7 @@ fn plan(args: &EvalArgs) -> anyhow::Result<Plan> {
     if ks.contains(&0) {
         bail!("--k values must be at least 1");
     }
-    let modes = Mode::parse_list(&args.modes)?;
+    let modes = capmatch_eval::parse_modes(&args.modes)?;
     Ok(Plan { protocol, selection: Selection { domains, classes }, modes, ks })
 }
 
@@ -84,8 +83,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     );
 
     let db = args.db.clone().unwrap_or_else(|| root.join(".capmatch.db"));
-    let mut store = SqliteStore::open(&db).with_context(|| format!("cannot open the index {}", db.display()))?;
-    let index_report = index_dataset(&args, &dataset, &mut store)?;
+    let engine = super::models::open_writer(&db, super::models::gallery_models(&args.models)?)?;
+    let index_report = index_dataset(&args, &dataset, &engine)?;
     tracing::info!(
         "index {}: {} new, {} reused, {} unchanged, {} skipped, {} model batches",
         db.display(),
@@ -96,14 +95,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         index_report.model_batches
     );
 
-    let items = load_items(&store, &dataset)?;
+    let items = load_items(&engine, &dataset)?;
     let config = EvalConfig {
         protocol: plan.protocol.name.clone(),
         domains: domain_names(&dataset),
         modes: plan.modes.clone(),
         ks: plan.ks.clone(),
         weight: args.weight,
-        normalize: true,
+        // The index stores vectors normalised once (capmatch_retrieval::normalize): scoring them
+        // as they are keeps the evaluation bit-for-bit the ranking a search gives.
+        normalize: false,
         block_rows: None,
     };
     let total = capmatch_eval::total_queries(&items, &config.domains);
@@ -185,9 +186,7 @@ impl IndexObserver for IndexProgress {
 
 /// Indexes every selected domain, tagged with its folder name, through its selected class
 /// folders (so unselected classes are never captioned). Returns the runs' summed report.
-fn index_dataset(args: &EvalArgs, dataset: &Dataset, store: &mut SqliteStore) -> anyhow::Result<IndexReport> {
-    let mut models: Box<dyn GalleryModels> =
-        Box::new(super::models::LazyGalleryModels::new(&args.models)?);
+fn index_dataset(args: &EvalArgs, dataset: &Dataset, engine: &Engine) -> anyhow::Result<IndexReport> {
     let bar = if std::io::stderr().is_terminal() { progress_bar(0, "images") } else { ProgressBar::hidden() };
     let observer = IndexProgress { bar, base: Default::default(), domain: Default::default() };
     let mut total = IndexReport::default();
@@ -203,16 +202,8 @@ fn index_dataset(args: &EvalArgs, dataset: &Dataset, store: &mut SqliteStore) ->
         options.batch_size = args.models.batch.max(1);
         *observer.domain.borrow_mut() = domain.clone();
         observer.base.set(observer.bar.position());
-        let r = index_folders(store, models.as_mut(), &options, &observer)
-            .with_context(|| format!("cannot index domain {domain}"))?;
-        total.candidates += r.candidates;
-        total.indexed += r.indexed;
-        total.reused += r.reused;
-        total.unchanged += r.unchanged;
-        total.skipped += r.skipped;
-        total.pruned += r.pruned;
-        total.walk_problems += r.walk_problems;
-        total.model_batches += r.model_batches;
+        let r = engine.index_folders(&options, &observer).with_context(|| format!("cannot index domain {domain}"))?;
+        total.add(&r);
     }
     observer.bar.finish_and_clear();
     Ok(total)
@@ -225,29 +216,27 @@ fn class_dir(dataset: &Dataset, image: &dataset::DatasetImage) -> PathBuf {
 
 /// The records of the dataset's images, in dataset order (domain, then path). Images the
 /// indexer skipped (unreadable files) are left out with a warning.
-fn load_items(store: &SqliteStore, dataset: &Dataset) -> anyhow::Result<Vec<EvalItem>> {
-    let wanted: HashMap<&Path, usize> = dataset.images.iter().enumerate().map(|(i, img)| (img.path.as_path(), i)).collect();
-    let mut slots: Vec<Option<EvalItem>> = vec![None; dataset.images.len()];
-    for (domain, _) in &dataset.domains {
-        store.scan_gallery(Some(domain), &mut |row| {
-            let Some(&i) = wanted.get(Path::new(row.path)) else { return Ok(()) };
-            let image_embedding = row.image_embedding.to_vec();
-            let dim = image_embedding.len();
-            let flat = row.caption_embeddings.to_vec();
-            let caption_embeddings: Vec<Vec<f32>> =
-                if dim == 0 { Vec::new() } else { flat.chunks_exact(dim).map(<[f32]>::to_vec).collect() };
-            let img = &dataset.images[i];
-            slots[i] = Some(EvalItem {
-                domain: img.domain.clone(),
-                class: img.class.clone(),
-                image_embedding,
-                caption_embeddings,
-            });
-            Ok(())
-        })?;
+fn load_items(engine: &Engine, dataset: &Dataset) -> anyhow::Result<Vec<EvalItem>> {
+    let mut items = Vec::with_capacity(dataset.images.len());
+    let mut missing: Vec<&Path> = Vec::new();
+    for img in &dataset.images {
+        let Some(path) = img.path.to_str() else {
+            missing.push(&img.path);
+            continue;
+        };
+        let Some(entry) = engine.entry_by_path(path)? else {
+            missing.push(&img.path);
+            continue;
+        };
+        let vectors = engine.vectors(entry.id)?;
+        let dim = vectors.image.len();
+        items.push(EvalItem {
+            domain: img.domain.clone(),
+            class: img.class.clone(),
+            caption_embeddings: vectors.captions.chunks_exact(dim.max(1)).map(<[f32]>::to_vec).collect(),
+            image_embedding: vectors.image,
+        });
     }
-    let missing: Vec<&Path> =
-        slots.iter().zip(&dataset.images).filter(|(s, _)| s.is_none()).map(|(_, img)| img.path.as_path()).collect();
     if !missing.is_empty() {
         tracing::warn!(
             "{} of {} images are not in the index (unreadable, see `capmatch info`), e.g. {}; they are left out",
@@ -256,7 +245,6 @@ fn load_items(store: &SqliteStore, dataset: &Dataset) -> anyhow::Result<Vec<Eval
             missing[0].display()
         );
     }
-    let items: Vec<EvalItem> = slots.into_iter().flatten().collect();
     for (domain, _) in &dataset.domains {
         if !items.iter().any(|i| &i.domain == domain) {
             bail!("domain {domain} has no indexed images");

@@ -1,27 +1,25 @@
 //! `capmatch index`: caption and embed every image of some folders into the index.
 //!
-//! The job itself is `capmatch_index::index_folders`; the real models come from
-//! `commands::models::LazyGalleryModels`; this file adds the progress display and summary.
+//! The job is the engine's (`Engine::index_folders`); this file adds the progress display
+//! and the summary.
 
 use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use capmatch_core::image_io::DecodeLimits;
-use capmatch_index::{index_folders, IndexObserver, IndexOptions, SqliteStore};
+use capmatch_engine::{IndexObserver, IndexOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::commands::models::LazyGalleryModels;
+use crate::commands::models::{gallery_models, open_writer};
 use crate::IndexArgs;
 
 pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     // Checkpoints are resolved now (their identity is checked against the index before any
     // work) but loaded only if some image needs the models.
-    let mut models = LazyGalleryModels::new(&args.models)?;
-    let mut store =
-        SqliteStore::open(&args.db).with_context(|| format!("cannot open the index {}", args.db.display()))?;
+    let models = gallery_models(&args.models)?;
+    let engine = open_writer(&args.db, models)?;
     let options = IndexOptions {
         roots: args.dirs.clone(),
         domain: args.domain.clone(),
@@ -31,7 +29,7 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         decode_threads: 0,
     };
     let progress = Progress::new();
-    let report = index_folders(&mut store, &mut models, &options, &progress)?;
+    let report = engine.index_folders(&options, &progress)?;
     progress.finish();
     println!(
         "indexed {} new, {} reused, {} unchanged, {} skipped, {} pruned ({} image files) into {} in {:.1?}",

@@ -1,22 +1,21 @@
 //! `capmatch info`: what an index holds.
 
-use anyhow::Context;
-use capmatch_index::{SqliteStore, Store};
+use capmatch_engine::{Engine, QueryModels};
 
 use crate::InfoArgs;
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    let store = SqliteStore::open_read_only(&args.db)?;
-    let summary = store.summary().with_context(|| format!("cannot read {}", args.db.display()))?;
-    let size = store.disk_size();
+    let engine = Engine::open_reader(&args.db, QueryModels::default())?;
+    if args.check {
+        return check(&engine, &args);
+    }
+    let info = engine.info()?;
     if args.json {
-        let mut value = serde_json::to_value(&summary)?;
-        value["db"] = serde_json::Value::String(args.db.display().to_string());
-        value["db_bytes"] = size.into();
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
     }
-    println!("index:    {} ({}, schema version {})", args.db.display(), human_bytes(size), summary.schema_version);
+    let summary = &info.catalog;
+    println!("index:    {} ({}, schema version {})", args.db.display(), human_bytes(info.db_bytes), summary.schema_version);
     match &summary.models {
         Some(m) => {
             println!("clip:     {} (config {})", m.clip, m.clip_config);
@@ -25,7 +24,10 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         None => println!("models:   none yet"),
     }
     if let Some(dim) = summary.dim {
-        println!("vectors:  {dim} dimensions");
+        println!(
+            "vectors:  {dim} dimensions, {} images and {} captions in the {} index at {}",
+            info.vectors.images, info.vectors.captions, info.vectors.backend, info.vectors.location
+        );
     }
     println!("files:    {} indexed ({} distinct images), {} skipped", summary.files, summary.images, summary.skipped.len());
     if !summary.domains.is_empty() {
@@ -39,6 +41,24 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         for s in &summary.skipped {
             println!("  {}: {}", s.path, s.reason);
         }
+    }
+    Ok(())
+}
+
+fn check(engine: &Engine, args: &InfoArgs) -> anyhow::Result<()> {
+    let report = engine.check(true)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.is_ok() {
+        println!("{}: ok ({} indexed files checked)", args.db.display(), report.files);
+    } else {
+        for p in &report.problems {
+            println!("problem: {}
+    fix: {}", p.what, p.fix);
+        }
+    }
+    if !report.is_ok() {
+        anyhow::bail!("{} problem(s) found in {}", report.problems.len(), args.db.display());
     }
     Ok(())
 }

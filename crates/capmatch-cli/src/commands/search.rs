@@ -1,16 +1,12 @@
 //! `capmatch search`: rank the gallery against a query image or text.
 //!
-//! The query is embedded with the CLIP model recorded in the index (never another one), while
-//! the gallery loads on another thread.
+//! The query is embedded with the CLIP model recorded in the index (never another one).
 
-use anyhow::{bail, Context};
-use capmatch_index::{Gallery, Hit, ModelIdentity, Scoring, SqliteStore, Store};
+use anyhow::bail;
+use capmatch_engine::{Engine, Hit, Mode, Query, QueryModels, SearchRequest};
 
-use capmatch_core::hub::ModelKind;
-use capmatch_core::image_io::{decode_file, DecodeLimits};
-
-use crate::commands::models::{load_clip, Checkpoint};
-use crate::{ClipArg, SearchArgs, SearchMode};
+use crate::commands::models::device;
+use crate::{SearchArgs, SearchMode};
 
 /// One result as `--json` prints it: exactly these keys, in this order.
 #[derive(serde::Serialize)]
@@ -24,42 +20,52 @@ struct JsonHit<'a> {
 
 /// How the query is compared, from the flags: an image query scores captions by default, a
 /// text query scores images by default (`--mode caption` compares it with the captions).
-fn scoring(args: &SearchArgs) -> anyhow::Result<Scoring> {
+fn mode(args: &SearchArgs) -> anyhow::Result<Mode> {
     if !(0.0..=1.0).contains(&args.weight) {
         bail!("--weight must be between 0 and 1, not {}", args.weight);
     }
     let text = args.text.is_some();
     Ok(match args.mode {
-        None if text => Scoring::Image,
-        None | Some(SearchMode::Caption) => Scoring::Caption,
-        Some(SearchMode::Image) => Scoring::Image,
-        Some(SearchMode::Fused) => Scoring::Fused { caption_weight: args.weight },
-        Some(SearchMode::Text) if text => Scoring::Image,
+        None if text => Mode::Text,
+        None | Some(SearchMode::Caption) => Mode::Caption,
+        Some(SearchMode::Image) if text => Mode::Text,
+        Some(SearchMode::Image) => Mode::Image,
+        Some(SearchMode::Fused) => Mode::Fused,
+        Some(SearchMode::Text) if text => Mode::Text,
         Some(SearchMode::Text) => bail!("--mode text needs a --text query"),
+        Some(SearchMode::CaptionText) => Mode::CaptionText,
     })
 }
 
 pub fn run(args: SearchArgs) -> anyhow::Result<()> {
-    let scoring = scoring(&args)?;
-    let store = SqliteStore::open_read_only(&args.db)?;
-    let identity = store.models()?.with_context(|| format!("the index {} is empty", args.db.display()))?;
-    let domain = args.domain.clone();
-    // Overlap: read the vectors while the model loads and embeds the query.
-    let (gallery, query) = std::thread::scope(|scope| {
-        let loading = scope.spawn(move || Gallery::load(&store, domain.as_deref()));
-        let query = embed_query(&args, &identity);
-        (loading.join().expect("gallery loading thread panicked"), query)
-    });
-    let gallery = gallery?;
-    let query = query?;
-    if gallery.is_empty() {
-        match &args.domain {
-            Some(d) => bail!("no image of domain {d:?} in {}", args.db.display()),
-            None => bail!("the index {} holds no image", args.db.display()),
+    let mode = mode(&args)?;
+    // Read the query image first: a bad path fails before anything is opened or loaded.
+    let query = match (&args.image, &args.text) {
+        (Some(path), _) => Query::Image(
+            capmatch_core::image_io::decode_file(path, &Default::default())
+                .map_err(|e| anyhow::anyhow!("cannot read the query image {}: {e}", path.display()))?,
+        ),
+        (None, Some(text)) => Query::Text(text.clone()),
+        (None, None) => bail!("give a query image or --text"),
+    };
+    let models = QueryModels { clip: args.clip.clone(), dtype: Some(args.dtype.engine()), device: Some(device(&args.device)?) };
+    let engine = Engine::open_reader(&args.db, models)?;
+    if engine.is_empty()? {
+        bail!("the index {} holds no image (run `capmatch index` first)", args.db.display());
+    }
+    if args.k == 0 {
+        return print_hits(&[], args.json);
+    }
+    let mut request = SearchRequest::new(query, mode, args.k);
+    request.weight = args.weight;
+    request.domain = args.domain.clone();
+    let response = engine.search(&request)?;
+    if response.hits.is_empty() {
+        if let Some(d) = &args.domain {
+            bail!("no image of domain {d:?} in {}", args.db.display());
         }
     }
-    let hits = gallery.search(&query, scoring, args.k, args.domain.as_deref())?;
-    print_hits(&hits, args.json)
+    print_hits(&response.hits, args.json)
 }
 
 fn print_hits(hits: &[Hit], json: bool) -> anyhow::Result<()> {
@@ -82,37 +88,4 @@ fn print_hits(hits: &[Hit], json: bool) -> anyhow::Result<()> {
         println!("{:>4}  {:>7}  {:<domain_width$}  \u{21b3} {}", "", "", "", h.caption);
     }
     Ok(())
-}
-
-/// The query's CLIP embedding (vision tower for an image, text tower for a text), with the
-/// CLIP the index was built with: its spec is recorded in the index (`--clip` overrides the
-/// location, e.g. when the index was built from another directory), and its config hash
-/// must match the recorded one.
-fn embed_query(args: &SearchArgs, identity: &ModelIdentity) -> anyhow::Result<Vec<f32>> {
-    // Read the query image first: a bad path should fail before a model loads.
-    let image = match &args.image {
-        Some(path) => Some(
-            decode_file(path, &DecodeLimits::default())
-                .with_context(|| format!("cannot read the query image {}", path.display()))?,
-        ),
-        None => None,
-    };
-    let spec = args.clip.clone().unwrap_or_else(|| identity.clip.clone());
-    let checkpoint = Checkpoint::resolve(&spec, ModelKind::Clip)
-        .with_context(|| format!("cannot find the CLIP model the index was built with ({spec}); pass --clip"))?;
-    if checkpoint.config_hash != identity.clip_config {
-        bail!(
-            "the CLIP model at {spec} (config {}) is not the one the index was built with ({}, config {})",
-            checkpoint.config_hash,
-            identity.clip,
-            identity.clip_config
-        );
-    }
-    let clip = load_clip(&ClipArg { clip: checkpoint.dir.display().to_string() }, args.dtype)?;
-    let mut vectors = match (&image, &args.text) {
-        (Some(image), _) => clip.embed_images(std::slice::from_ref(image))?,
-        (None, Some(text)) => clip.embed_texts(&[text.as_str()])?,
-        (None, None) => bail!("give a query image or --text"),
-    };
-    vectors.pop().context("the CLIP model returned no embedding")
 }

@@ -1,0 +1,238 @@
+//! capmatch-engine: the operations every front end needs, in one library.
+//!
+//! An [`Engine`] owns a gallery — its catalog and its vector index (`capmatch-store`) — and
+//! the models (`capmatch-core`), loaded lazily, once, and shared across threads. It offers:
+//!
+//! - indexing folders ([`Engine::index_folders`]) and image bytes ([`Engine::index_uploads`]);
+//! - search by text, image bytes, image path, vector or indexed image, in every mode
+//!   ([`Engine::search`]), each hit explained (both component scores, the matched caption);
+//! - what the gallery holds ([`Engine::info`]), and its images and vectors by id;
+//! - one error type, [`EngineError`], whose [`ErrorKind`] a CLI maps to an exit code and a
+//!   server to an HTTP status.
+//!
+//! The CLI, the server and the inspection report are thin layers over this crate; how a
+//! query is scored is `capmatch-retrieval`'s, how vectors are stored is `capmatch-store`'s.
+//!
+//! ```text
+//! index:  folder ─► walk ─► hash ─► plan (unchanged / reused / new) ─► decode ─► caption + embed
+//!                                                       └──────────────► commit: vectors, then catalog
+//! search: query ─► embed (CLIP) ─► vector index: top k by the retrieval order ─► catalog: paths, captions
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod check;
+pub mod error;
+pub mod indexing;
+pub mod info;
+pub mod models;
+pub mod search;
+mod storage;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use capmatch_core::image_io::DecodeLimits;
+use capmatch_core::Device;
+pub use capmatch_store::{ImageEntry, ImageId, ModelIdentity, VectorRecord};
+
+pub use capmatch_retrieval::{self as retrieval, Mode};
+pub use capmatch_store::{self as store, CatalogSummary, IndexStats};
+pub use check::{CheckReport, Problem};
+pub use error::{EngineError, ErrorKind, Result};
+pub use indexing::uploads::{uploads_dir, Upload, UploadOutcome};
+pub use indexing::{IndexObserver, IndexOptions, IndexReport, NoObserver};
+pub use info::Info;
+pub use models::{Dtype, GalleryModels, ModelConfig, Models};
+pub use search::{ComponentScores, Hit, Query, SearchRequest, SearchResponse};
+
+use storage::Storage;
+
+/// How a reader finds the models to embed its queries with: the ones the index records,
+/// with these local overrides.
+#[derive(Debug, Clone, Default)]
+pub struct QueryModels {
+    /// Where the index's CLIP is now, if not where the index recorded it (its config must
+    /// be the recorded one).
+    pub clip: Option<String>,
+    pub dtype: Option<Dtype>,
+    pub device: Option<Device>,
+}
+
+/// Where the models come from: given (a writer), or found from the index when first needed
+/// (a reader: searches by vector or by id never load a model).
+enum ModelSource {
+    Given(Arc<dyn GalleryModels>),
+    FromIndex { identity: Option<ModelIdentity>, overrides: QueryModels, loaded: OnceLock<std::result::Result<Arc<dyn GalleryModels>, String>> },
+}
+
+/// A gallery and its models. See the crate documentation.
+pub struct Engine {
+    storage: Storage,
+    models: ModelSource,
+    limits: DecodeLimits,
+}
+
+impl Engine {
+    /// Opens the gallery at `db` for indexing (and searching) with `models`, creating it if
+    /// needed. Only one writer at a time: with `wait`, a second one waits for the first
+    /// (after calling `on_wait`), else it gets [`EngineError::Busy`].
+    pub fn open_writer(db: &Path, models: Arc<dyn GalleryModels>, wait: bool, on_wait: &dyn Fn(&Path)) -> Result<Self> {
+        let storage = Storage::open_writer(db, &models.identity(), wait, on_wait)?;
+        Ok(Self { storage, models: ModelSource::Given(models), limits: DecodeLimits::default() })
+    }
+
+    /// Opens an existing gallery for searching. Its CLIP is resolved and loaded only when a
+    /// query needs it.
+    pub fn open_reader(db: &Path, models: QueryModels) -> Result<Self> {
+        let (storage, identity) = Storage::open_reader(db)?;
+        Ok(Self {
+            storage,
+            models: ModelSource::FromIndex { identity, overrides: models, loaded: OnceLock::new() },
+            limits: DecodeLimits::default(),
+        })
+    }
+
+    /// Limits applied to every image the engine decodes (queries, uploads).
+    pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &DecodeLimits {
+        &self.limits
+    }
+
+    /// The catalog file.
+    pub fn db(&self) -> &Path {
+        self.storage.db()
+    }
+
+    pub fn is_writer(&self) -> bool {
+        self.storage.writable()
+    }
+
+    /// The models (resolving and, on use, loading them).
+    pub fn models(&self) -> Result<Arc<dyn GalleryModels>> {
+        match &self.models {
+            ModelSource::Given(m) => Ok(m.clone()),
+            ModelSource::FromIndex { identity, overrides, loaded } => loaded
+                .get_or_init(|| {
+                    let identity = identity.as_ref().ok_or_else(|| format!("the index {} is empty", self.db().display()))?;
+                    let device = overrides.device.clone().unwrap_or(Device::Cpu);
+                    Models::of_index(identity, overrides.clip.as_deref(), overrides.dtype, &device)
+                        .map(|m| Arc::new(m) as Arc<dyn GalleryModels>)
+                        .map_err(|e| e.to_string())
+                })
+                .clone()
+                .map_err(|e| EngineError::Model(anyhow::anyhow!(e))),
+        }
+    }
+
+    /// The models the gallery's vectors were made with.
+    pub fn identity(&self) -> Result<Option<ModelIdentity>> {
+        Ok(self.storage.catalog().models()?)
+    }
+
+    /// Images in the gallery.
+    pub fn len(&self) -> Result<usize> {
+        self.storage.follow_writer()?;
+        Ok(self.storage.index().len())
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The domains with their image counts.
+    pub fn summary(&self) -> Result<CatalogSummary> {
+        Ok(self.storage.catalog().summary()?)
+    }
+
+    /// An indexed image.
+    pub fn entry(&self, id: ImageId) -> Result<ImageEntry> {
+        self.storage
+            .catalog()
+            .entries(&[id])?
+            .pop()
+            .flatten()
+            .ok_or_else(|| EngineError::NotFound(format!("no image with id {id} in the gallery")))
+    }
+
+    /// The indexed image at `path` (absolute, as indexed).
+    pub fn entry_by_path(&self, path: &str) -> Result<Option<ImageEntry>> {
+        Ok(self.storage.catalog().entry_by_path(path)?)
+    }
+
+    /// Several images at once (`None` for unknown ids).
+    pub fn entries(&self, ids: &[ImageId]) -> Result<Vec<Option<ImageEntry>>> {
+        Ok(self.storage.catalog().entries(ids)?)
+    }
+
+    /// Every indexed image's id and domain.
+    pub fn ids(&self) -> Result<Vec<(ImageId, String)>> {
+        Ok(self.storage.catalog().ids()?)
+    }
+
+    /// An image's vectors.
+    pub fn vectors(&self, id: ImageId) -> Result<VectorRecord> {
+        self.storage.index().get(id)?.ok_or_else(|| EngineError::NotFound(format!("no vectors for image {id}")))
+    }
+
+    fn require_writer(&self) -> Result<()> {
+        if !self.storage.writable() {
+            return Err(EngineError::invalid(format!("{} is open for searching only", self.db().display())));
+        }
+        Ok(())
+    }
+
+    /// Indexes folders into the gallery. See [`indexing`].
+    pub fn index_folders(&self, options: &IndexOptions, observer: &dyn IndexObserver) -> Result<IndexReport> {
+        self.require_writer()?;
+        let models = self.models()?;
+        indexing::index_folders(&self.storage, models.as_ref(), options, observer)
+    }
+
+    /// Adds image bytes to the gallery (kept in [`uploads_dir`]); one outcome per upload,
+    /// in order. A bad image is reported in its outcome, never an error of the call.
+    pub fn index_uploads(&self, uploads: &[Upload], batch_size: usize, observer: &dyn IndexObserver) -> Result<Vec<UploadOutcome>> {
+        self.require_writer()?;
+        let models = self.models()?;
+        let stored = indexing::uploads::store_uploads(self.db(), uploads, &self.limits)?;
+        let mut candidates: Vec<_> = stored.iter().filter_map(|s| s.as_ref().ok().cloned()).collect();
+        // The same bytes uploaded twice are one stored file.
+        candidates.sort_by(|a, b| a.path.cmp(&b.path));
+        candidates.dedup_by(|a, b| a.path == b.path);
+        let mut options = IndexOptions::new(Vec::new());
+        options.batch_size = batch_size.max(1);
+        options.limits = self.limits;
+        indexing::index_candidates(&self.storage, models.as_ref(), &candidates, &options, observer)?;
+        let mut out = Vec::with_capacity(uploads.len());
+        for (upload, stored) in uploads.iter().zip(stored) {
+            out.push(match stored {
+                Err(reason) => UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason) },
+                Ok(c) => {
+                    let catalog = self.storage.catalog();
+                    match catalog.entry_by_path(&c.path)? {
+                        Some(e) => UploadOutcome { name: upload.name.clone(), id: Some(e.id), error: None },
+                        None => {
+                            let reason = catalog
+                                .tracked_files()?
+                                .into_iter()
+                                .find(|t| t.path == c.path)
+                                .and_then(|t| t.skipped)
+                                .unwrap_or_else(|| "not indexed".into());
+                            UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason) }
+                        }
+                    }
+                }
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The catalog file a `--db` flag names, made absolute (the engine records absolute paths).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

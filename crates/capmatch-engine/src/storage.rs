@@ -1,0 +1,269 @@
+//! The gallery's two stores, kept consistent: the catalog (source of truth) and the vector
+//! index, with the writer lock and the recovery after a crash.
+//!
+//! # Writing
+//!
+//! Each batch is one [`Storage::commit`]: the new vectors are written to the index first
+//! (an atomic commit of the index), then the catalog's transaction, which records the
+//! index's generation; vectors of files the catalog dropped are removed last, and the
+//! generation recorded again. A crash between two of those steps leaves the two stores'
+//! generations different, and the next writer to open the gallery reconciles them
+//! ([`Storage::reconcile`]): vectors of ids the catalog does not know are removed, files
+//! whose vectors are missing are forgotten (so the next run over their folder indexes them
+//! again), and a domain that changed is rewritten. Ids are derived from paths, so writing
+//! the same file again after a crash writes the same id: nothing is duplicated.
+//!
+//! # One writer
+//!
+//! A writer holds an exclusive lock on `<db>.lock` for as long as it is open. A second
+//! writer waits for it (the caller is told, so that a user sees why nothing happens);
+//! readers never wait.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use capmatch_store::catalog::sqlite::SCHEMA_VERSION_V1;
+use capmatch_store::exact::Access;
+use capmatch_store::{Catalog, CatalogBatch, ExactIndex, ImageId, ModelIdentity, SqliteCatalog, VectorIndex, VectorRecord};
+
+use crate::error::{EngineError, Result};
+
+/// The exclusive writer lock of a gallery.
+pub(crate) struct WriterLock {
+    _file: File,
+}
+
+impl WriterLock {
+    pub(crate) fn path_for(db: &Path) -> PathBuf {
+        let mut name = db.as_os_str().to_owned();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    /// Takes the lock, waiting for another writer if `wait` (after telling `on_wait`).
+    pub(crate) fn acquire(db: &Path, wait: bool, on_wait: &dyn Fn(&Path)) -> Result<Self> {
+        let path = Self::path_for(db);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| capmatch_store::StoreError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !wait {
+                    return Err(EngineError::Busy(db.display().to_string()));
+                }
+                on_wait(db);
+                file.lock().map_err(|e| capmatch_store::StoreError::io(&path, e))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(capmatch_store::StoreError::io(&path, e).into()),
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+/// The catalog and the vector index of one gallery.
+pub(crate) struct Storage {
+    db: PathBuf,
+    catalog: Mutex<Box<dyn Catalog>>,
+    index: RwLock<Box<dyn VectorIndex>>,
+    writable: bool,
+    /// When the index's manifest was last seen changed (readers follow other writers).
+    seen: Mutex<Option<SystemTime>>,
+    _lock: Option<WriterLock>,
+}
+
+impl Storage {
+    /// Opens a gallery for writing with `identity`'s models: creates it if needed, upgrades
+    /// an index of an earlier version, checks the models, and recovers from a crash.
+    pub(crate) fn open_writer(db: &Path, identity: &ModelIdentity, wait: bool, on_wait: &dyn Fn(&Path)) -> Result<Self> {
+        let lock = WriterLock::acquire(db, wait, on_wait)?;
+        let mut catalog = SqliteCatalog::open(db)?;
+        let fingerprint = identity.vector_fingerprint();
+        let vectors = ExactIndex::dir_for(db);
+        if catalog.schema_version() == SCHEMA_VERSION_V1 {
+            upgrade_v1(&mut catalog, &vectors, &fingerprint)?;
+        }
+        catalog.bind_models(identity)?;
+        let index = ExactIndex::open(&vectors, Access::ReadWrite, Some(&fingerprint))?;
+        let storage = Self {
+            db: db.to_path_buf(),
+            catalog: Mutex::new(Box::new(catalog)),
+            index: RwLock::new(Box::new(index)),
+            writable: true,
+            seen: Mutex::new(None),
+            _lock: Some(lock),
+        };
+        storage.reconcile()?;
+        Ok(storage)
+    }
+
+    /// Opens an existing gallery for reading. Returns the models it was built with.
+    pub(crate) fn open_reader(db: &Path) -> Result<(Self, Option<ModelIdentity>)> {
+        let catalog = SqliteCatalog::open_read_only(db)?;
+        if catalog.schema_version() == SCHEMA_VERSION_V1 {
+            return Err(EngineError::InvalidRequest(format!(
+                "{} is an index of an earlier capmatch; run `capmatch index` with it once to upgrade it",
+                db.display()
+            )));
+        }
+        let identity = catalog.models()?;
+        let fingerprint = identity.as_ref().map(ModelIdentity::vector_fingerprint);
+        let index = ExactIndex::open(&ExactIndex::dir_for(db), Access::ReadOnly, fingerprint.as_deref())?;
+        let storage = Self {
+            db: db.to_path_buf(),
+            catalog: Mutex::new(Box::new(catalog)),
+            index: RwLock::new(Box::new(index)),
+            writable: false,
+            seen: Mutex::new(manifest_mtime(db)),
+            _lock: None,
+        };
+        Ok((storage, identity))
+    }
+
+    pub(crate) fn db(&self) -> &Path {
+        &self.db
+    }
+
+    pub(crate) fn writable(&self) -> bool {
+        self.writable
+    }
+
+    pub(crate) fn catalog(&self) -> MutexGuard<'_, Box<dyn Catalog>> {
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn index(&self) -> RwLockReadGuard<'_, Box<dyn VectorIndex>> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index_mut(&self) -> RwLockWriteGuard<'_, Box<dyn VectorIndex>> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reader follows the commits of a writer in another process (cheap when nothing
+    /// changed: one `stat`).
+    pub(crate) fn follow_writer(&self) -> Result<()> {
+        if self.writable {
+            return Ok(());
+        }
+        let now = manifest_mtime(&self.db);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if now != *seen {
+            self.index_mut().refresh()?;
+            *seen = now;
+        }
+        Ok(())
+    }
+
+    /// Writes one batch: `vectors` (new or replaced images), then the catalog's `batch`,
+    /// then the removal of what the catalog dropped. See the module documentation.
+    pub(crate) fn commit(&self, vectors: &[VectorRecord], mut batch: CatalogBatch) -> Result<()> {
+        let mut index = self.index_mut();
+        let mut catalog = self.catalog();
+        if !vectors.is_empty() {
+            index.upsert(vectors)?;
+            if batch.dim.is_none() {
+                batch.dim = index.dim();
+            }
+        }
+        batch.vector_generation = Some(index.generation());
+        let applied = catalog.apply(&batch)?;
+        if !applied.removed.is_empty() {
+            index.remove(&applied.removed)?;
+            catalog.set_vector_generation(index.generation())?;
+        }
+        Ok(())
+    }
+
+    /// Makes the two stores agree after a crash (see the module documentation). Cheap when
+    /// they already do: the generations match.
+    pub(crate) fn reconcile(&self) -> Result<()> {
+        let mut index = self.index_mut();
+        let mut catalog = self.catalog();
+        if catalog.vector_generation()? == Some(index.generation()) {
+            return Ok(());
+        }
+        let in_catalog: HashMap<ImageId, String> = catalog.ids()?.into_iter().collect();
+        let in_index: HashMap<ImageId, String> = index.ids()?.into_iter().collect();
+        let orphans: Vec<ImageId> = in_index.keys().filter(|id| !in_catalog.contains_key(id)).copied().collect();
+        let missing: Vec<ImageId> = in_catalog.keys().filter(|id| !in_index.contains_key(id)).copied().collect();
+        let mut moved = Vec::new();
+        for (id, domain) in &in_catalog {
+            if in_index.get(id).is_some_and(|d| d != domain) {
+                if let Some(mut record) = index.get(*id)? {
+                    record.domain = domain.clone();
+                    moved.push(record);
+                }
+            }
+        }
+        if !orphans.is_empty() {
+            tracing::info!("removing {} vectors an interrupted run left without a catalog entry", orphans.len());
+            index.remove(&orphans)?;
+        }
+        if !moved.is_empty() {
+            index.upsert(&moved)?;
+        }
+        if !missing.is_empty() {
+            let paths: Vec<String> = catalog.entries(&missing)?.into_iter().flatten().map(|e| e.path).collect();
+            tracing::warn!(
+                "{} indexed files lost their vectors in an interrupted run; they are forgotten and will be indexed again \
+                 the next time their folder is indexed",
+                paths.len()
+            );
+            catalog.apply(&CatalogBatch { forget: paths, ..Default::default() })?;
+        }
+        catalog.set_vector_generation(index.generation())?;
+        Ok(())
+    }
+
+    /// Reclaims the space of removed vectors when it is worth it.
+    pub(crate) fn compact(&self) -> Result<()> {
+        let mut index = self.index_mut();
+        if index.compact()? {
+            let generation = index.generation();
+            self.catalog().set_vector_generation(generation)?;
+        }
+        Ok(())
+    }
+}
+
+fn manifest_mtime(db: &Path) -> Option<SystemTime> {
+    std::fs::metadata(ExactIndex::dir_for(db).join("manifest.json")).and_then(|m| m.modified()).ok()
+}
+
+/// Moves the vectors of a schema-1 index (BLOBs in SQLite) into the vector index and
+/// rewrites the catalog as schema 2. Safe to interrupt: the catalog changes in one
+/// transaction at the end, and writing the vectors again writes the same ids.
+fn upgrade_v1(catalog: &mut SqliteCatalog, vectors: &Path, fingerprint: &str) -> Result<()> {
+    tracing::info!("upgrading {} to the current index format", catalog.location().display());
+    let mut index = ExactIndex::open(vectors, Access::ReadWrite, Some(fingerprint))?;
+    let mut taken = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    let mut pending: Vec<VectorRecord> = Vec::new();
+    catalog.v1_rows(&mut |row| {
+        let mut attempt = 0;
+        let id = loop {
+            let id = ImageId::for_path_attempt(&row.path, attempt);
+            if taken.insert(id) {
+                break id;
+            }
+            attempt += 1;
+        };
+        ids.push((row.path.clone(), id));
+        pending.push(VectorRecord { id, domain: row.domain, image: row.image_embedding, captions: row.caption_embeddings });
+        if pending.len() >= 4096 {
+            index.upsert(&pending)?;
+            pending.clear();
+        }
+        Ok(())
+    })?;
+    index.upsert(&pending)?;
+    catalog.upgrade_v1(&ids, index.generation())?;
+    Ok(())
+}
