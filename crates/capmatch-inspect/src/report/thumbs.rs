@@ -1,0 +1,62 @@
+//! Thumbnails: small JPEG files under `DIR/thumbs/`, named by content hash and written once
+//! (a re-run, or another image with the same bytes, reuses the file).
+
+use std::path::Path;
+
+use capmatch_core::image_io::{decode_file, DecodeLimits};
+use capmatch_core::preprocess::{resize_rgb, Resample};
+use image::codecs::jpeg::JpegEncoder;
+use rayon::prelude::*;
+
+use crate::source::Image;
+
+/// Longest side of a thumbnail, in pixels (twice the displayed size, for sharp screens).
+pub const SIZE: u32 = 240;
+const QUALITY: u8 = 80;
+/// The folder, relative to the report.
+pub const DIR: &str = "thumbs";
+
+/// The thumbnail's path relative to the report folder.
+pub fn relative_path(image: &Image) -> String {
+    format!("{DIR}/{}.jpg", &image.hash[..image.hash.len().min(24)])
+}
+
+/// Writes the thumbnails of `images` that do not exist yet, in parallel. Returns, per
+/// image, whether its thumbnail exists afterwards (a file that is gone or no longer
+/// decodes has none, and the report shows a placeholder instead).
+pub fn write_all(report_dir: &Path, images: &[&Image]) -> Vec<bool> {
+    let _ = std::fs::create_dir_all(report_dir.join(DIR));
+    images
+        .par_iter()
+        .map(|image| {
+            let path = report_dir.join(relative_path(image));
+            if path.is_file() {
+                return true;
+            }
+            match write_one(image, &path) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!("no thumbnail for {}: {why}", image.path);
+                    false
+                }
+            }
+        })
+        .collect()
+}
+
+fn write_one(image: &Image, path: &Path) -> Result<(), String> {
+    let limits = DecodeLimits::default();
+    let decoded = decode_file(Path::new(&image.path), &limits).map_err(|e| e.to_string())?;
+    let (w, h) = decoded.dimensions();
+    let scale = (SIZE as f64 / w.max(h) as f64).min(1.0);
+    let (tw, th) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+    let small = resize_rgb(&decoded, tw, th, Resample::Bicubic).map_err(|e| e.to_string())?;
+    // Written under a temporary name and renamed, so that an interrupted run never leaves a
+    // half-written thumbnail that the next run would take as done.
+    let tmp = path.with_extension("jpg.tmp");
+    let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+    let mut writer = std::io::BufWriter::new(file);
+    JpegEncoder::new_with_quality(&mut writer, QUALITY).encode_image(&small).map_err(|e| e.to_string())?;
+    drop(writer);
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
