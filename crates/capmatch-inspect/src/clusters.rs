@@ -29,7 +29,7 @@ use crate::error::Result;
 use crate::tiers::Tier;
 
 /// A cluster: its medoid and members (indices of images), each member with its tier and
-/// match score against the medoid, best first.
+/// score against the medoid, best first.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cluster {
     pub medoid: usize,
@@ -39,8 +39,10 @@ pub struct Cluster {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Member {
     pub image: usize,
+    /// The tier of its pair with the medoid.
     pub tier: Tier,
-    /// Match score with the medoid.
+    /// The score that tier is decided on (the image score of a copy, the caption score
+    /// across domains, the match score within one).
     pub score: f32,
 }
 
@@ -79,7 +81,7 @@ pub struct Edge {
     pub score: f32,
 }
 
-/// Judges pairs of images `(a, b)`: the pair's tier and match score if the pair is in the
+/// Judges pairs of images `(a, b)`: the pair's tier and score if the pair is in the
 /// clustering tier, else `None`.
 pub type Judge<'a> = dyn FnMut(&[(usize, usize)]) -> Result<Vec<Option<(Tier, f32)>>> + 'a;
 

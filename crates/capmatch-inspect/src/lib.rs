@@ -312,13 +312,15 @@ fn cluster(source: &dyn Source, images: &[Image], pairs: &[Pair], options: &Insp
         ClusterOn::Copies => tier.is_copy(),
         ClusterOn::Similar => true,
     };
-    // A copy cluster reads the pixels' score; a subject cluster the mode's.
-    let member_score = |s: &PairScores| match options.cluster_on {
-        ClusterOn::Copies => s.image,
-        ClusterOn::Similar => judge.match_score(s),
+    // Each pair is scored on what decided its tier: the pixels for a copy, the captions
+    // across domains, the mode's match score within one.
+    let member_score = |tier: Tier, s: &PairScores| match tier {
+        Tier::Identical | Tier::NearDuplicate => s.image,
+        Tier::CrossDomain => s.caption(),
+        Tier::SameSubject => judge.match_score(s),
     };
     let edges: Vec<Edge> =
-        pairs.iter().filter(|p| admits(p.tier)).map(|p| Edge { a: p.a, b: p.b, score: member_score(&p.scores) }).collect();
+        pairs.iter().filter(|p| admits(p.tier)).map(|p| Edge { a: p.a, b: p.b, score: member_score(p.tier, &p.scores) }).collect();
     let mut judge_pairs = |asked: &[(usize, usize)]| -> Result<Vec<Option<(Tier, f32)>>> {
         let scored = tiers::score_pair_both_ways(source, images, asked)?;
         Ok(asked
@@ -327,7 +329,7 @@ fn cluster(source: &dyn Source, images: &[Image], pairs: &[Pair], options: &Insp
             .map(|(&(a, b), s)| {
                 let s = s?;
                 let tier = judge.tier_of(images, a, b, &s).filter(|t| admits(*t))?;
-                Some((tier, member_score(&s)))
+                Some((tier, member_score(tier, &s)))
             })
             .collect())
     };

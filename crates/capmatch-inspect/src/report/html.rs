@@ -19,7 +19,7 @@ const CLUSTERS_PER_PAGE: usize = 12;
 /// Members of a cluster shown as thumbnails (all of them are in clusters.csv).
 pub const CLUSTER_THUMBS: usize = 11;
 /// Items previewed on the overview.
-const PREVIEW: usize = 4;
+const PREVIEW: usize = 3;
 
 /// The pages of the report: (file name, contents).
 pub fn pages(inspection: &Inspection, listing: &Listing<'_>, meta: &ReportMeta) -> Vec<(String, String)> {
@@ -290,7 +290,7 @@ impl Ctx<'_> {
         let (min, median, max) = c.spread();
         let mut s = format!(
             "<article class=\"cluster\"><header><b>Cluster {n}</b> <span class=\"size\">{} images</span> \
-             <span class=\"spread\">score to the medoid {}–{}, median {}</span></header><div class=\"members\">",
+             <span class=\"spread\">scores to the medoid from {} to {}, median {}</span></header><div class=\"members\">",
             c.size(),
             fmt_score(min),
             fmt_score(max),
@@ -298,7 +298,12 @@ impl Ctx<'_> {
         );
         s.push_str(&self.thumb(c.medoid, "<span class=\"ribbon\">medoid</span>"));
         for m in c.members.iter().take(CLUSTER_THUMBS) {
-            let chip = format!("<span class=\"chip t-{}\" title=\"{}\">{}</span>", m.tier.name(), m.tier.name(), fmt_score(m.score));
+            let what = match m.tier {
+                Tier::Identical | Tier::NearDuplicate => "image score",
+                Tier::CrossDomain => "caption score",
+                Tier::SameSubject => "match score",
+            };
+            let chip = format!("<span class=\"chip t-{0}\" title=\"{0}: {what} with the medoid\">{1}</span>", m.tier.name(), fmt_score(m.score));
             s.push_str(&self.thumb(m.image, &chip));
         }
         s.push_str("</div>");
@@ -473,11 +478,11 @@ impl Ctx<'_> {
              <figure><img src=\"nearest-image.svg\" alt=\"histogram of nearest-neighbour image scores\" /><figcaption>Each image's best \
              match in image space. Copies sit at the right end.</figcaption></figure>\
              <figure><img src=\"nearest-caption.svg\" alt=\"histogram of nearest-neighbour caption scores\" /><figcaption>Each image's \
-             best match in caption space (its image against the others' captions).</figcaption></figure>\
-             <figure class=\"wide\"><img src=\"domains.svg\" alt=\"domain by domain match rates\" /><figcaption>Share of each \
-             domain's images with a match (any tier) in each domain.</figcaption></figure></section>",
+             best match in caption space (its image against the others' captions).</figcaption></figure></section>\
+             <section class=\"split\"><figure class=\"heat\"><img src=\"domains.svg\" alt=\"domain by domain match rates\" /><figcaption>Share \
+             of each domain's images with a match (any tier) in each domain.</figcaption></figure><div>",
         );
-        s.push_str("<h2>By domain</h2><table><thead><tr><th>domain</th><th>images</th><th>with a copy</th><th>same subject</th>\
+        s.push_str("<h2 class=\"first\">By domain</h2><table><thead><tr><th>domain</th><th>images</th><th>with a copy</th><th>same subject</th>\
                     <th>cross-domain</th><th>any match</th><th>in a cluster</th><th>outliers</th></tr></thead><tbody>");
         let row = |name: &str, c: &crate::counts::ImageCounts, class: &str| {
             let cell = |x: usize| format!("<td>{} <small>{}</small></td>", group(x), percent(x, c.images));
@@ -509,6 +514,7 @@ impl Ctx<'_> {
             esc(&self.work_text())
         )
         .unwrap();
+        s.push_str("</div></section>");
         for g in galleries {
             write!(s, "<h2><a href=\"{}.html\">{}</a>{}</h2>", g.file, esc(&g.title), count_span(g.total)).unwrap();
             if g.items.is_empty() {
@@ -574,9 +580,11 @@ p.all { margin: 8px 0 0; }
 .counted { margin-top: 8px; font-size: 12px; }
 .figs { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; margin-top: 6px; }
 .figs figure { margin: 0; background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 10px; }
-.figs figure.wide { grid-column: 1 / -1; display: flex; gap: 16px; align-items: center; }
-.figs img { max-width: 100%; height: auto; display: block; }
-.figs figcaption { color: var(--muted); font-size: 12px; margin-top: 4px; }
+.figs img, .heat img { max-width: 100%; height: auto; display: block; }
+.figs figcaption, .heat figcaption { color: var(--muted); font-size: 12px; margin-top: 4px; }
+.split { display: grid; grid-template-columns: minmax(0, auto) 1fr; gap: 24px; margin-top: 12px; align-items: start; }
+.heat { margin: 0; background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 10px; max-width: 520px; }
+h2.first { margin-top: 4px; }
 table { border-collapse: separate; border-spacing: 0; background: var(--card); border: 1px solid var(--line); border-radius: 12px; overflow: hidden; font-variant-numeric: tabular-nums; }
 th, td { padding: 7px 14px; text-align: right; border-bottom: 1px solid var(--line); }
 th { background: #f8fafc; font-size: 12px; color: var(--muted); font-weight: 600; }
@@ -622,5 +630,5 @@ nav.pager { display: flex; gap: 4px; margin: 12px 0; flex-wrap: wrap; }
 nav.pager a, nav.pager span { padding: 3px 10px; border-radius: 6px; border: 1px solid var(--line); background: var(--card); text-decoration: none; font-size: 13px; }
 nav.pager .here { background: var(--accent); color: #fff; border-color: var(--accent); }
 nav.pager .gap { border: 0; background: none; }
-@media (max-width: 900px) { .figs { grid-template-columns: 1fr; } }
+@media (max-width: 900px) { .figs, .split { grid-template-columns: 1fr; } }
 "#;

@@ -71,7 +71,7 @@ where
         .axis_style(MUTED)
         .x_labels(8)
         .y_labels(5)
-        .x_label_formatter(&|v| format!("{v:.2}"))
+        .x_label_formatter(&|v| if v.abs() < 0.005 { "0.00".into() } else { format!("{v:.2}") })
         .y_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("score")
         .y_desc("images")
@@ -86,13 +86,17 @@ where
             Rectangle::new([(x0 + w * 0.06, 0.0), (x0 + w * 0.94, c as f64)], ACCENT.mix(0.85).filled())
         }))
         .map_err(e)?;
+    // The thresholds as vertical lines, named in a legend at the top left of the plot (a
+    // label beside a line near the right edge would be cut off).
+    let (left, plot_top) = chart.backend_coord(&(lo, top));
     for (i, m) in markers.iter().filter(|m| m.value.is_finite()).enumerate() {
         let x = m.value as f64;
         let colour = [RGBColor(220, 38, 38), RGBColor(217, 119, 6), RGBColor(5, 150, 105)][i % 3];
         chart.draw_series(std::iter::once(PathElement::new(vec![(x, 0.0), (x, top)], colour.stroke_width(2)))).map_err(e)?;
-        let (px, py) = chart.backend_coord(&(x, top));
-        let style = (FONT_FAMILY, 12).into_font().color(&colour).pos(Pos::new(HPos::Left, VPos::Top));
-        root.draw_text(&format!("{} {:.2}", m.label, m.value), &style, (px + 4, py + 2 + 14 * i as i32)).map_err(e)?;
+        let y = plot_top + 8 + 16 * i as i32;
+        root.draw(&PathElement::new(vec![(left + 10, y), (left + 26, y)], colour.stroke_width(2))).map_err(e)?;
+        let style = (FONT_FAMILY, 12).into_font().color(&colour).pos(Pos::new(HPos::Left, VPos::Center));
+        root.draw_text(&format!("{} ≥ {:.2}", m.label, m.value), &style, (left + 32, y)).map_err(e)?;
     }
     root.present().map_err(e)
 }
@@ -103,7 +107,7 @@ pub fn heatmap(path: &Path, matrix: &DomainMatrix) -> Result<()> {
     register_font()?;
     let n = matrix.domains.len().max(1) as u32;
     let label_width = matrix.domains.iter().map(|d| d.chars().count()).max().unwrap_or(4).clamp(4, 24) as u32 * 8 + 24;
-    let cell = (360 / n).clamp(44, 90);
+    let cell = (320 / n).clamp(40, 64);
     let size = (label_width + cell * n + 30, 70 + cell * n + 40);
     let root = SVGBackend::new(path, size).into_drawing_area();
     draw_heatmap(&root, matrix, label_width as i32, cell as i32).map_err(plot_error(path))

@@ -26,22 +26,22 @@ pub fn relative_path(image: &Image) -> String {
 /// decodes has none, and the report shows a placeholder instead).
 pub fn write_all(report_dir: &Path, images: &[&Image]) -> Vec<bool> {
     let _ = std::fs::create_dir_all(report_dir.join(DIR));
-    images
+    let results: Vec<Result<(), String>> = images
         .par_iter()
         .map(|image| {
             let path = report_dir.join(relative_path(image));
             if path.is_file() {
-                return true;
+                return Ok(());
             }
-            match write_one(image, &path) {
-                Ok(()) => true,
-                Err(why) => {
-                    tracing::warn!("no thumbnail for {}: {why}", image.path);
-                    false
-                }
-            }
+            write_one(image, &path).map_err(|why| format!("{}: {why}", image.path))
         })
-        .collect()
+        .collect();
+    // One line for all the failures (a gallery whose files moved would print thousands).
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    if let Some(first) = failed.first() {
+        tracing::warn!("{} listed images have no thumbnail (the first: {first})", failed.len());
+    }
+    results.iter().map(Result::is_ok).collect()
 }
 
 fn write_one(image: &Image, path: &Path) -> Result<(), String> {
