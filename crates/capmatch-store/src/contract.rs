@@ -353,6 +353,23 @@ pub fn neighbour_graph_matches_brute_force<H: Harness>(h: &mut H) {
     // The copies find each other at the top.
     let graph = index.neighbours(&NeighbourQuery { target: Target::Image, k: 1, of: Some(&[ImageId(900_000)]), among: Among::All }, &NoProgress).unwrap();
     assert_eq!(graph[0].hits[0].id, records[0].id);
+    // A broken vector ranks last, and still comes back when k covers the gallery.
+    let mut broken = records[1].clone();
+    broken.id = ImageId(900_100);
+    broken.image[2] = f32::NAN;
+    broken.captions.fill(f32::NAN);
+    index.upsert(std::slice::from_ref(&broken)).unwrap();
+    for target in [Target::Image, Target::Captions] {
+        let of = [records[2].id];
+        let graph = index.neighbours(&NeighbourQuery { target, k: records.len() + 1, of: Some(&of), among: Among::All }, &NoProgress).unwrap();
+        let hits = &graph[0].hits;
+        if !h.approximate() {
+            assert_eq!(hits.len(), records.len(), "{target:?}: every other image, the broken one included");
+        }
+        if let Some(pos) = hits.iter().position(|hit| hit.id == broken.id) {
+            assert_eq!(pos, hits.len() - 1, "{target:?}: NaN ranks last");
+        }
+    }
 }
 
 pub fn pair_scores_explain_a_search<H: Harness>(h: &mut H) {

@@ -2,18 +2,33 @@
 //!
 //! A search scores one query against every row; a graph has as many queries as rows, so it
 //! is computed the way a matrix product is: blocks of query rows against chunks of
-//! candidate rows small enough to stay in the core's cache while the whole block is scored
-//! against them, with `capmatch_retrieval::score_chunk` (the kernel is batch-invariant, so a
-//! block gives the very scores a single search gives). Query blocks run in parallel, each
-//! keeping its own top-k per query; a score below a query's current k-th costs one
-//! comparison ([`TopK::floor`]).
+//! candidate rows, query blocks in parallel, each keeping its own top-k per query.
+//!
+//! **Screened (image and caption targets, finite vectors).** The bulk of the arithmetic is
+//! a general matrix product (`gemm`, packed and cache-blocked like BLAS), whose sums run in
+//! another order than the retrieval kernel's and so differ from its scores by rounding.
+//! Both are within `γ_n · |q| · |g|` of the true dot product (`γ_n = n·u / (1 − n·u)`, the
+//! classic bound for any order of summation, `u = 2⁻²⁴`), so they differ by at most twice
+//! that, `ε`. Every candidate whose product score is within `2ε` of the query's k-th best
+//! product score is kept, which provably includes the true top k and every tie at its cut;
+//! the kept few are then scored with the retrieval kernel and ranked by those scores. The
+//! graph is therefore exactly the one a search per image gives, bit for bit, at the speed
+//! of a matrix product.
+//!
+//! **Direct (fused targets, a vector with a NaN or an infinity, or norms large enough to
+//! overflow: where no bound holds).**
+//! Every score is the kernel's, through `capmatch_retrieval::score_chunk` (batch-invariant:
+//! a block gives the scores a single search gives); a score below the query's current k-th
+//! costs one comparison ([`TopK::floor`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use capmatch_retrieval::{components, score_chunk, GalleryVectors, QueryVectors, Ranked, ScoreBlock, Target, TopK};
+use capmatch_retrieval::{components, score_chunk, ComponentScores, GalleryVectors, QueryVectors, Ranked, ScoreBlock, Target, TopK};
 use rayon::prelude::*;
 
 use crate::vector_index::GraphProgress;
+
+mod screen;
 
 /// Query rows scored together: enough to reuse each candidate chunk many times while it is
 /// in cache, few enough to give every core many blocks.
@@ -38,7 +53,22 @@ pub(super) fn top_k_blockwise(
     target: Target,
     k: usize,
     progress: &dyn GraphProgress,
-) -> Vec<Vec<(Ranked, capmatch_retrieval::ComponentScores)>> {
+) -> Vec<Vec<(Ranked, ComponentScores)>> {
+    match screen::Bound::of(candidates, queries, target) {
+        Some(bound) => screen::top_k(candidates, keep, queries, target, k, &bound, progress),
+        None => direct(candidates, keep, queries, target, k, progress),
+    }
+}
+
+/// Every score by the kernel (see the module documentation).
+fn direct(
+    candidates: &GalleryVectors<'_>,
+    keep: &[bool],
+    queries: &[GraphQuery<'_>],
+    target: Target,
+    k: usize,
+    progress: &dyn GraphProgress,
+) -> Vec<Vec<(Ranked, ComponentScores)>> {
     let dim = candidates.dim;
     let n = candidates.len();
     let total = queries.len();
