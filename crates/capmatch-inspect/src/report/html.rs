@@ -31,7 +31,7 @@ pub fn pages(inspection: &Inspection, listing: &Listing<'_>, meta: &ReportMeta) 
         for page in 1..=pages {
             let items = g.items.iter().skip((page - 1) * g.per_page).take(g.per_page);
             let mut body = String::new();
-            write!(body, "<h2>{}{}</h2>", esc(&g.title), count_span(g.total)).unwrap();
+            write!(body, "<h2>{}{}</h2>", esc(&g.title), count_span(g.total, g.unit)).unwrap();
             write!(body, "<p class=\"lead\">{}</p>", g.lead).unwrap();
             if g.items.is_empty() {
                 write!(body, "<p class=\"empty\">{}</p>", esc(g.empty)).unwrap();
@@ -94,8 +94,8 @@ fn fmt_score(x: f32) -> String {
     }
 }
 
-fn count_span(n: usize) -> String {
-    format!(" <span class=\"count\">{}</span>", group(n))
+fn count_span(n: usize, unit: &str) -> String {
+    format!(" <span class=\"count\">{} {unit}</span>", group(n))
 }
 
 /// 12345 → "12 345" (thin space), for reading large counts.
@@ -153,6 +153,8 @@ struct Gallery {
     class: &'static str,
     per_page: usize,
     total: usize,
+    /// What `total` counts ("pairs", "clusters", …).
+    unit: &'static str,
     items: Vec<String>,
 }
 
@@ -347,6 +349,7 @@ impl Ctx<'_> {
                 class: "grid",
                 per_page: PAIRS_PER_PAGE,
                 total: total(&[Tier::Identical, Tier::NearDuplicate]),
+                unit: "pairs",
                 items: cards(&[Tier::Identical, Tier::NearDuplicate]),
             },
             Gallery {
@@ -364,6 +367,7 @@ impl Ctx<'_> {
                 class: "grid",
                 per_page: PAIRS_PER_PAGE,
                 total: total(&[Tier::CrossDomain]),
+                unit: "pairs",
                 items: cards(&[Tier::CrossDomain]),
             },
             Gallery {
@@ -378,6 +382,7 @@ impl Ctx<'_> {
                 class: "grid",
                 per_page: PAIRS_PER_PAGE,
                 total: total(&[Tier::SameSubject]),
+                unit: "pairs",
                 items: cards(&[Tier::SameSubject]),
             },
             Gallery {
@@ -403,6 +408,7 @@ impl Ctx<'_> {
                 class: "stack",
                 per_page: CLUSTERS_PER_PAGE,
                 total: i.clustering.clusters.len(),
+                unit: "clusters",
                 items: self.listing.clusters.iter().enumerate().map(|(n, c)| self.cluster_card(n + 1, c)).collect(),
             },
         ];
@@ -410,9 +416,17 @@ impl Ctx<'_> {
             v.push(self.against_gallery(n + 1, a, listed));
         }
         let o = &i.outliers;
-        let mut items: Vec<String> =
-            o.weakest_neighbour.iter().map(|x| self.outlier_card(x, "nearest")).collect();
-        items.extend(o.caption_disagreement.iter().map(|x| self.outlier_card(x, "own caption")));
+        // Two lists on one page, each under its own heading (a heading spans the grid).
+        let mut items = Vec::new();
+        for (list, heading, what) in [
+            (&o.weakest_neighbour, "Weakest nearest neighbour", "nearest"),
+            (&o.caption_disagreement, "Own caption disagrees with the image", "own caption"),
+        ] {
+            if !list.is_empty() {
+                items.push(format!("<h3 class=\"sub\">{heading} <span class=\"count\">{} images</span></h3>", group(list.len())));
+                items.extend(list.iter().map(|x| self.outlier_card(x, what)));
+            }
+        }
         v.push(Gallery {
             file: "outliers".into(),
             nav: "Outliers".into(),
@@ -425,7 +439,9 @@ impl Ctx<'_> {
             empty: "Too few images for outliers.",
             class: "grid",
             per_page: PAIRS_PER_PAGE * 4,
-            total: items.len(),
+            // An image in both lists counts once.
+            total: i.counts.all.outliers,
+            unit: "images",
             items,
         });
         v
@@ -449,6 +465,7 @@ impl Ctx<'_> {
             class: "grid",
             per_page: PAIRS_PER_PAGE,
             total: a.matches.len(),
+            unit: "matches",
             items: listed.iter().map(|m| self.match_card(m)).collect(),
         }
     }
@@ -516,7 +533,7 @@ impl Ctx<'_> {
         .unwrap();
         s.push_str("</div></section>");
         for g in galleries {
-            write!(s, "<h2><a href=\"{}.html\">{}</a>{}</h2>", g.file, esc(&g.title), count_span(g.total)).unwrap();
+            write!(s, "<h2><a href=\"{}.html\">{}</a>{}</h2>", g.file, esc(&g.title), count_span(g.total, g.unit)).unwrap();
             if g.items.is_empty() {
                 write!(s, "<p class=\"empty\">{}</p>", esc(g.empty)).unwrap();
                 continue;
@@ -623,6 +640,10 @@ figcaption { font-size: 12px; margin-top: 4px; line-height: 1.35; }
 .members { display: flex; flex-wrap: wrap; gap: 10px; }
 .ribbon { position: absolute; top: 6px; left: 6px; background: var(--accent); color: #fff; font-size: 11px; font-weight: 600; padding: 1px 7px; border-radius: 999px; }
 .chip { position: absolute; top: 6px; right: 6px; font-size: 11px; font-weight: 600; padding: 1px 6px; border-radius: 6px; font-variant-numeric: tabular-nums; }
+.duo > .thumb { flex: 1 1 0; min-width: 0; width: auto; }
+.duo > .thumb img, .duo > .thumb .noimg { width: 100%; height: 190px; }
+h3.sub { grid-column: 1 / -1; font-size: 15px; margin: 10px 0 0; }
+h3.sub .count { color: var(--muted); font-weight: 500; margin-left: 4px; }
 .nn .thumb { width: 110px; }
 .nn .thumb img, .nn .noimg { width: 110px; height: 110px; }
 .nn .ml { font-size: 11px; display: block; margin-bottom: 2px; }
