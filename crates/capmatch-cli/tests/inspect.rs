@@ -163,6 +163,15 @@ fn plant(root: &Path) -> Collection {
     Collection { roots: ["photo", "cartoon", "reposts", "other"].iter().map(|d| root.join(d)).collect(), subject_of, planted }
 }
 
+/// The planted collection under `root/collection`, indexed into `root/c.db` (returned).
+fn planted_and_indexed(root: &Path) -> (Collection, String) {
+    let collection = plant(&root.join("collection"));
+    let db = root.join("c.db").display().to_string();
+    let roots: Vec<&Path> = collection.roots.iter().map(PathBuf::as_path).collect();
+    index(&db, &roots);
+    (collection, db)
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -211,10 +220,7 @@ fn check_pages(dir: &Path) -> BTreeSet<String> {
 #[test]
 fn planted_copies_are_found_and_the_report_holds_together() {
     let tmp = tempfile::tempdir().unwrap();
-    let collection = plant(&tmp.path().join("collection"));
-    let db = tmp.path().join("c.db").display().to_string();
-    let roots: Vec<&Path> = collection.roots.iter().map(PathBuf::as_path).collect();
-    index(&db, &roots);
+    let (collection, db) = planted_and_indexed(tmp.path());
     let out = tmp.path().join("report");
     let out_s = out.display().to_string();
     let summary: Value = serde_json::from_str(&ok(&["inspect", "--db", &db, "--out", &out_s, "--json"])).unwrap();
@@ -276,6 +282,7 @@ fn planted_copies_are_found_and_the_report_holds_together() {
     let more = tmp.path().join("collection/reposts");
     let new_copy = more.join("pineapple-q70.jpg");
     save_jpeg(&load("photo_pineapple"), &new_copy, 70);
+    let roots: Vec<&Path> = collection.roots.iter().map(PathBuf::as_path).collect();
     index(&db, &roots);
     ok(&["inspect", "--db", &db, "--out", &out_s]);
     let third = read_json(&out.join("report.json"));
@@ -350,10 +357,7 @@ fn is_original(path: &Path) -> bool {
 #[test]
 fn near_duplicate_margin() {
     let tmp = tempfile::tempdir().unwrap();
-    let collection = plant(&tmp.path().join("collection"));
-    let db = tmp.path().join("c.db").display().to_string();
-    let roots: Vec<&Path> = collection.roots.iter().map(PathBuf::as_path).collect();
-    index(&db, &roots);
+    let (collection, db) = planted_and_indexed(tmp.path());
     let out = tmp.path().join("report");
     // With `near=-1` every neighbouring pair lands in a copy tier: all their scores come back.
     ok(&["inspect", "--db", &db, "--out", &out.display().to_string(), "--thresholds", "near=-1", "-k", "30", "--max-pairs", "100000"]);
@@ -408,10 +412,7 @@ fn report_screenshot() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let collection = plant(&tmp.path().join("collection"));
-    let db = tmp.path().join("c.db").display().to_string();
-    let roots: Vec<&Path> = collection.roots.iter().map(PathBuf::as_path).collect();
-    index(&db, &roots);
+    let (_, db) = planted_and_indexed(tmp.path());
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
     let report = target.join("inspect-report");
     let _ = std::fs::remove_dir_all(&report);
