@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use image::codecs::jpeg::JpegEncoder;
 use image::{ImageFormat, Rgb, RgbImage};
 use serde_json::Value;
 
@@ -62,8 +61,7 @@ fn load(name: &str) -> RgbImage {
 }
 
 fn save_jpeg(img: &RgbImage, path: &Path, quality: u8) {
-    let mut f = std::fs::File::create(path).unwrap();
-    JpegEncoder::new_with_quality(&mut f, quality).encode_image(img).unwrap();
+    std::fs::write(path, capmatch_inspect::report::thumbs::encode_jpeg(img, f32::from(quality)).unwrap()).unwrap();
 }
 
 fn crop(img: &RgbImage, fraction: f64) -> RgbImage {

@@ -5,14 +5,13 @@ use std::path::Path;
 
 use capmatch_core::image_io::{decode_file, DecodeLimits};
 use capmatch_core::preprocess::{resize_rgb, Resample};
-use image::codecs::jpeg::JpegEncoder;
 use rayon::prelude::*;
 
 use crate::source::Image;
 
 /// Longest side of a thumbnail, in pixels (twice the displayed size, for sharp screens).
 pub const SIZE: u32 = 240;
-const QUALITY: u8 = 80;
+const QUALITY: f32 = 80.0;
 /// The folder, relative to the report.
 pub const DIR: &str = "thumbs";
 
@@ -54,9 +53,21 @@ fn write_one(image: &Image, path: &Path) -> Result<(), String> {
     // Written under a temporary name and renamed, so that an interrupted run never leaves a
     // half-written thumbnail that the next run would take as done.
     let tmp = path.with_extension("jpg.tmp");
-    let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
-    let mut writer = std::io::BufWriter::new(file);
-    JpegEncoder::new_with_quality(&mut writer, QUALITY).encode_image(&small).map_err(|e| e.to_string())?;
-    drop(writer);
+    let jpeg = encode_jpeg(&small, QUALITY).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, jpeg).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
+/// JPEG bytes by libjpeg-turbo (the `mozjpeg` crate the decoder already links; the `image`
+/// crate is built without its JPEG codec). libjpeg reports errors by unwinding, caught here.
+pub fn encode_jpeg(img: &image::RgbImage, quality: f32) -> std::io::Result<Vec<u8>> {
+    std::panic::catch_unwind(|| {
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+        c.set_size(img.width() as usize, img.height() as usize);
+        c.set_quality(quality);
+        let mut started = c.start_compress(Vec::new())?;
+        started.write_scanlines(img.as_raw())?;
+        started.finish()
+    })
+    .unwrap_or_else(|_| Err(std::io::Error::other("the JPEG encoder failed")))
 }
