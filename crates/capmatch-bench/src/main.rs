@@ -18,6 +18,7 @@
 //! `BENCHMARKS.md` for the method and the last numbers.
 
 mod agreement;
+mod inspect;
 mod models;
 mod npy;
 mod prepare;
@@ -101,6 +102,9 @@ enum WorkerCmd {
     /// (internal) our side of one workload, driven over stdin/stdout by the harness.
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
+    /// `capmatch inspect` at 10k, 30k and 100k images against faiss computing the same
+    /// neighbour graphs; rewrites its own section of --out (see src/inspect.rs).
+    Inspect(inspect::InspectArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -332,13 +336,23 @@ pub struct Settings {
 
 fn main() {
     let cli = Cli::parse();
-    if let Some(WorkerCmd::Worker(args)) = cli.worker {
-        if let Err(e) = worker::run(args) {
-            worker::emit(&serde_json::json!({"event": "error", "message": format!("{e:#}")}));
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
+    match cli.worker {
+        Some(WorkerCmd::Worker(args)) => {
+            if let Err(e) = worker::run(args) {
+                worker::emit(&serde_json::json!({"event": "error", "message": format!("{e:#}")}));
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            return;
         }
-        return;
+        Some(WorkerCmd::Inspect(args)) => {
+            if let Err(e) = inspect::run(args, &repo_root()) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        None => {}
     }
     if let Err(e) = harness(cli) {
         eprintln!("error: {e:#}");
@@ -785,7 +799,7 @@ fn index_model_only(
 }
 
 /// Builds the real `capmatch` binary next to this one (same profile and target dir).
-fn build_capmatch() -> Result<PathBuf> {
+pub(crate) fn build_capmatch() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no exe dir")?.to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

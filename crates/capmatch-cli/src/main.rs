@@ -32,6 +32,9 @@ enum Command {
     Info(InfoArgs),
     /// Run the cross-domain retrieval benchmark protocol on a dataset folder.
     Eval(EvalArgs),
+    /// Report the similarity structure of an index: copies, cross-domain matches, clusters,
+    /// outliers, and matches against a reference domain or folder.
+    Inspect(InspectArgs),
 }
 
 /// Numeric precision the models run in.
@@ -223,6 +226,75 @@ pub struct InfoArgs {
     pub check: bool,
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InspectMode {
+    /// An image against the other's captions (Caption-Matching).
+    Caption,
+    /// Image vectors alone (the CLIP baseline).
+    Image,
+    /// W × caption score + (1 − W) × image score.
+    Fused,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    /// Folder to write the report into (index.html, report.json, CSV files, thumbnails).
+    #[arg(long, default_value = "capmatch-report")]
+    pub out: PathBuf,
+    /// A reference to match the collection against: a domain of the index, or a folder
+    /// (indexed first, under a domain named after it, with the index's models). Repeatable.
+    #[arg(long, value_name = "DOMAIN|DIR")]
+    pub against: Vec<PathBuf>,
+    /// Score that decides "same subject", the clusters and the outliers.
+    #[arg(long, value_enum, default_value = "caption")]
+    pub mode: InspectMode,
+    /// Weight of the caption score in `fused` mode.
+    #[arg(long, default_value_t = 0.5)]
+    pub weight: f32,
+    /// Tier thresholds to change, e.g. `near=0.9,same=0.3,cross=0.25` [defaults, for
+    /// CLIP ViT-B/32 with BLIP captions: near 0.95 (image score); same 0.28 in caption mode,
+    /// 0.85 in image mode; cross 0.28 (caption score)].
+    #[arg(long, value_name = "NAME=VALUE,...")]
+    pub thresholds: Option<String>,
+    /// Neighbours per image in each similarity graph.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Cluster copies only (identical files and near-duplicates) instead of every tier.
+    #[arg(long)]
+    pub cluster_copies: bool,
+    /// Smallest cluster reported.
+    #[arg(long, default_value_t = 2)]
+    pub min_cluster: usize,
+    /// Largest cluster; one that reaches it is reported with a warning.
+    #[arg(long, default_value_t = 200)]
+    pub max_cluster: usize,
+    /// Most items listed per gallery (pairs per tier, clusters, matches per reference),
+    /// strongest first; counts always cover everything.
+    #[arg(long, default_value_t = 1000)]
+    pub max_pairs: usize,
+    /// Fraction of the images in each outlier list.
+    #[arg(long, default_value_t = 0.05)]
+    pub outlier_fraction: f64,
+    /// Compute the similarity graphs afresh instead of updating the ones kept in
+    /// DB.inspect/ by the last run.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the index's CLIP model is now, if not where the index recorded it (for
+    /// indexing an --against folder).
+    #[arg(long)]
+    pub clip: Option<String>,
+    /// Images per model batch when indexing an --against folder.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Dataset root laid out as ROOT/<domain>/<class>/<image>.
@@ -270,6 +342,7 @@ fn main() -> ExitCode {
         Command::Search(args) => commands::search::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

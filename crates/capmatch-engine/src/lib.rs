@@ -7,6 +7,9 @@
 //! - search by text, image bytes, image path, vector or indexed image, in every mode
 //!   ([`Engine::search`]), each hit explained (both component scores, the matched caption);
 //! - what the gallery holds ([`Engine::info`]), and its images and vectors by id;
+//! - the neighbour graph of the gallery ([`Engine::neighbours`]: every image's nearest
+//!   images in image or caption space) and the scores of given pairs
+//!   ([`Engine::score_pairs`]), for the inspection report;
 //! - one error type, [`EngineError`], whose [`ErrorKind`] a CLI maps to an exit code and a
 //!   server to an HTTP status.
 //!
@@ -37,7 +40,7 @@ use capmatch_core::Device;
 pub use capmatch_store::{ImageEntry, ImageId, ModelIdentity, VectorRecord};
 
 pub use capmatch_retrieval::{self as retrieval, Mode};
-pub use capmatch_store::{self as store, CatalogSummary, IndexStats};
+pub use capmatch_store::{self as store, Among, CatalogSummary, GraphProgress, IndexStats, NeighbourQuery, Neighbours, NoProgress};
 pub use check::{CheckReport, Problem};
 pub use error::{EngineError, ErrorKind, Result};
 pub use indexing::uploads::{uploads_dir, Upload, UploadOutcome};
@@ -177,6 +180,32 @@ impl Engine {
     /// An image's vectors.
     pub fn vectors(&self, id: ImageId) -> Result<VectorRecord> {
         self.storage.index().get(id)?.ok_or_else(|| EngineError::NotFound(format!("no vectors for image {id}")))
+    }
+
+    /// A number that changes with every committed change of the vectors (so that a result
+    /// derived from them, like an inspection's neighbour graph, knows when it is stale).
+    pub fn vector_generation(&self) -> Result<u64> {
+        self.storage.follow_writer()?;
+        Ok(self.storage.index().generation())
+    }
+
+    /// The neighbour graph: for each asked image, its `k` nearest other images among the
+    /// candidates, its own image vector as the query (see
+    /// `capmatch_store::VectorIndex::neighbours`). Computed by the vector index (blockwise
+    /// on the exact index).
+    pub fn neighbours(&self, query: &NeighbourQuery<'_>, progress: &dyn GraphProgress) -> Result<Vec<Neighbours>> {
+        if query.k == 0 || query.k > search::MAX_K {
+            return Err(EngineError::invalid(format!("k must be between 1 and {}, not {}", search::MAX_K, query.k)));
+        }
+        self.storage.follow_writer()?;
+        Ok(self.storage.index().neighbours(query, progress)?)
+    }
+
+    /// Both components of `b`'s score for `a`'s image vector, for each pair `(a, b)`
+    /// (`None` where an id is not in the gallery).
+    pub fn score_pairs(&self, pairs: &[(ImageId, ImageId)]) -> Result<Vec<Option<capmatch_retrieval::ComponentScores>>> {
+        self.storage.follow_writer()?;
+        Ok(self.storage.index().score_pairs(pairs)?)
     }
 
     fn require_writer(&self) -> Result<()> {

@@ -32,4 +32,7 @@ pub use error::{Result, StoreError};
 pub use exact::ExactIndex;
 pub use id::ImageId;
 pub use identity::ModelIdentity;
-pub use vector_index::{IndexStats, VectorHit, VectorIndex, VectorQuery, VectorRecord};
+pub use vector_index::{
+    keep_top_k_with_ties, Among, GraphProgress, IndexStats, NeighbourQuery, Neighbours, NoProgress, VectorHit, VectorIndex, VectorQuery,
+    VectorRecord,
+};

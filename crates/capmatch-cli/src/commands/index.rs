@@ -50,7 +50,7 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
 
 /// A progress bar on a terminal; plain log lines (at most one every few seconds, plus one
 /// per committed batch at debug level) when stderr is a pipe or a file.
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     total: Cell<usize>,
     started: Cell<Option<Instant>>,
@@ -58,7 +58,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::hidden();
             bar.set_style(
@@ -70,7 +70,7 @@ impl Progress {
         Self { bar, total: Cell::new(0), started: Cell::new(None), last_line: RefCell::new(None) }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -5,6 +5,7 @@ pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod info;
+pub mod inspect;
 pub mod models;
 pub mod search;
 

@@ -30,6 +30,7 @@
 //! One process writes at a time (the engine holds the gallery's writer lock); any number
 //! of processes read.
 
+mod graph;
 mod mapped;
 
 use std::collections::{HashMap, HashSet};
@@ -39,13 +40,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use capmatch_retrieval::{components, top_k_images, GalleryVectors, QueryVectors, Target};
+use capmatch_retrieval::{components, top_k_images, ComponentScores, GalleryVectors, QueryVectors, Target};
 use serde::{Deserialize, Serialize};
 
 use self::mapped::Mapped;
 use crate::error::{Result, StoreError};
 use crate::id::ImageId;
-use crate::vector_index::{IndexStats, VectorHit, VectorIndex, VectorQuery, VectorRecord};
+use crate::vector_index::{
+    Among, GraphProgress, IndexStats, NeighbourQuery, Neighbours, VectorHit, VectorIndex, VectorQuery, VectorRecord,
+};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("the exact index maps little-endian files directly: big-endian targets are not supported");
@@ -564,6 +567,95 @@ impl VectorIndex for ExactIndex {
             }
         }
         Ok(out)
+    }
+
+    /// Blocks of query rows against the memory-mapped matrices (see `graph`). Candidates
+    /// given by id are copied into a small gallery of their own first, so that a few new
+    /// images are not found by scanning every row.
+    fn neighbours(&self, query: &NeighbourQuery<'_>, progress: &dyn GraphProgress) -> Result<Vec<Neighbours>> {
+        let s = &self.snapshot;
+        let Some(gallery) = s.gallery() else { return Ok(Vec::new()) };
+        let dim = gallery.dim;
+        let id_rows = self.id_rows();
+        let ids = s.ids.u64s();
+        let query_rows: Vec<usize> = match query.of {
+            None => (0..s.rows()).filter(|&r| s.is_live(r)).collect(),
+            Some(of) => of.iter().filter_map(|id| id_rows.get(id).copied()).collect(),
+        };
+        // The candidates: the mapped gallery with a mask, or a compact copy of the listed rows.
+        let (owned, candidate_rows): (Option<(Vec<f32>, Vec<f32>, Vec<u32>)>, Option<Vec<usize>>) = match query.among {
+            Among::Ids(list) => {
+                let mut rows: Vec<usize> = list.iter().filter_map(|id| id_rows.get(id).copied()).collect();
+                rows.sort_unstable();
+                rows.dedup();
+                let (mut images, mut captions, mut offsets) = (Vec::new(), Vec::new(), vec![0u32]);
+                for &r in &rows {
+                    images.extend_from_slice(gallery.image(r));
+                    let c = gallery.caption_rows(r);
+                    captions.extend_from_slice(&gallery.captions[c.start * dim..c.end * dim]);
+                    offsets.push((captions.len() / dim) as u32);
+                }
+                (Some((images, captions, offsets)), Some(rows))
+            }
+            _ => (None, None),
+        };
+        let compact = match &owned {
+            Some((images, captions, offsets)) => {
+                Some(GalleryVectors::new(dim, images, captions, offsets).map_err(|e| StoreError::corrupt(&self.dir, e))?)
+            }
+            None => None,
+        };
+        let candidates = compact.as_ref().unwrap_or(&gallery);
+        let keep: Vec<bool> = match query.among {
+            Among::Ids(_) => vec![true; candidates.len()],
+            Among::All => (0..s.rows()).map(|r| s.is_live(r)).collect(),
+            Among::Domain(name) => match s.manifest.domains.iter().position(|d| d == name) {
+                Some(d) => (0..s.rows()).map(|r| s.is_live(r) && s.domains.u32s()[r] == d as u32).collect(),
+                None => vec![false; s.rows()],
+            },
+        };
+        let queries: Vec<graph::GraphQuery<'_>> = query_rows
+            .iter()
+            .map(|&r| graph::GraphQuery {
+                vector: gallery.image(r),
+                itself: match &candidate_rows {
+                    Some(rows) => rows.binary_search(&r).ok(),
+                    None => Some(r),
+                },
+            })
+            .collect();
+        let ranked = graph::top_k_blockwise(candidates, &keep, &queries, query.target, query.k, progress);
+        let id_of = |position: u32| -> ImageId {
+            let row = match &candidate_rows {
+                Some(rows) => rows[position as usize],
+                None => position as usize,
+            };
+            ImageId(ids[row])
+        };
+        Ok(query_rows
+            .iter()
+            .zip(ranked)
+            .map(|(&r, hits)| Neighbours {
+                id: ImageId(ids[r]),
+                hits: hits
+                    .into_iter()
+                    .map(|(ranked, components)| VectorHit { id: id_of(ranked.position), score: ranked.score, components })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    fn score_pairs(&self, pairs: &[(ImageId, ImageId)]) -> Result<Vec<Option<ComponentScores>>> {
+        let s = &self.snapshot;
+        let Some(gallery) = s.gallery() else { return Ok(vec![None; pairs.len()]) };
+        let id_rows = self.id_rows();
+        Ok(pairs
+            .iter()
+            .map(|(a, b)| {
+                let (a, b) = (id_rows.get(a)?, id_rows.get(b)?);
+                Some(components(&gallery, &QueryVectors::one(gallery.dim, gallery.image(*a)), *b))
+            })
+            .collect())
     }
 
     fn ids(&self) -> Result<Vec<(ImageId, String)>> {
