@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p capmatch-bench -- --out BENCHMARKS.md
 //! cargo run --release -p capmatch-bench -- --quick --only clip-image,search
+//! cargo run --release -p capmatch-bench -- ann --sizes 100k,1M --out BENCHMARKS.md
 //! ```
 //!
 //! For every workload it runs our code and the reference (transformers/PyTorch on the CPU, or
@@ -14,6 +15,7 @@
 //! `capmatch index` is run as the real binary on folders of real image files; its peak memory
 //! comes from `wait4`. See `BENCHMARKS.md` for the method and the last numbers.
 
+mod ann;
 mod models;
 mod npy;
 mod prepare;
@@ -92,6 +94,11 @@ enum WorkerCmd {
     /// (internal) our side of one workload, driven over stdin/stdout by the harness.
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
+    /// The approximate index against faiss HNSW: build, size, memory, recall, latency.
+    Ann(ann::AnnArgs),
+    /// (internal) our side of `ann`.
+    #[command(hide = true)]
+    AnnWorker(ann::AnnWorkerArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -237,16 +244,21 @@ pub struct Settings {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    if let Some(WorkerCmd::Worker(args)) = cli.worker {
-        if let Err(e) = worker::run(args) {
-            worker::emit(&serde_json::json!({"event": "error", "message": format!("{e:#}")}));
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
+    let mut cli = Cli::parse();
+    let result = match cli.worker.take() {
+        Some(WorkerCmd::Worker(args)) => {
+            if let Err(e) = worker::run(args) {
+                worker::emit(&serde_json::json!({"event": "error", "message": format!("{e:#}")}));
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            return;
         }
-        return;
-    }
-    if let Err(e) = harness(cli) {
+        Some(WorkerCmd::Ann(args)) => ann::run(args, &repo_root()),
+        Some(WorkerCmd::AnnWorker(args)) => ann::worker(args),
+        None => harness(cli),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
