@@ -175,10 +175,10 @@ mod tests {
     #[test]
     fn the_floor_discounts_small_samples() {
         // Reference values of the Wilson score interval's lower end (z = 1.96).
-        assert!((wilson_floor((980, 1000)) - 0.96919).abs() < 1e-4);
+        assert!((wilson_floor((980, 1000)) - 0.96931).abs() < 1e-4);
         assert!((wilson_floor((10, 10)) - 0.72246).abs() < 1e-4);
         assert!((wilson_floor((1990, 2000)) - 0.99082).abs() < 1e-4);
         assert_eq!(wilson_floor((0, 0)), 1.0);
-        assert_eq!(wilson_floor((0, 50)), 0.0);
+        assert!(wilson_floor((0, 50)).abs() < 1e-12);
     }
 }
