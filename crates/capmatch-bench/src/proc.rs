@@ -91,6 +91,8 @@ pub struct Round {
     pub items: f64,
     /// CPU seconds of the worker during the round divided by its wall time.
     pub cpu_util: Option<f64>,
+    /// The worker's resident set at the end of the round, as it reported it.
+    pub rss_kb: Option<u64>,
 }
 
 impl Worker {
@@ -149,7 +151,7 @@ impl Worker {
             (Some(a), Some(b)) if secs > 0.0 => Some((b - a) / secs),
             _ => None,
         };
-        Ok(Round { secs, items, cpu_util })
+        Ok(Round { secs, items, cpu_util, rss_kb: v["rss_kb"].as_u64() })
     }
 
     /// Closes stdin, waits for the exit and returns the peak RSS (KiB) from `wait4`.
@@ -191,4 +193,13 @@ pub fn capture(program: &str, args: &[&str]) -> Option<String> {
 pub fn mem_available_kb() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Writes back dirty pages and drops the page cache (`/proc/sys/vm/drop_caches`), so that a
+/// worker loads its model from disk into free memory rather than competing with the file
+/// pages of the one before it. Needs root; false where it is not allowed.
+pub fn drop_page_cache() -> bool {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }

@@ -209,7 +209,16 @@ pub fn every_target_matches_brute_force<H: Harness>(h: &mut H) {
             queries.push(VectorQuery { vectors: q, target: *target, k, domain: None });
         }
     }
+    // A batch a backend may score together: the same target and k, one and several vectors
+    // per query, with and without a domain, mixed with the different targets above.
+    let multi: Vec<Vec<f32>> = (0..4).map(|i| qs[i].iter().chain(&qs[i + 1]).copied().collect()).collect();
+    for (i, q) in qs.iter().enumerate() {
+        queries.push(VectorQuery { vectors: q, target: Target::Captions, k: 10, domain: None });
+        queries.push(VectorQuery { vectors: &multi[i % multi.len()], target: Target::Captions, k: 10, domain: None });
+        queries.push(VectorQuery { vectors: q, target: Target::Captions, k: 10, domain: Some(&records[i].domain) });
+    }
     let many = index.search_many(&queries).unwrap();
+    assert_eq!(many.len(), queries.len());
     for (q, hits) in queries.iter().zip(many) {
         assert_eq!(hits, index.search(q).unwrap(), "search_many agrees with search");
     }

@@ -38,7 +38,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use capmatch_retrieval::{components, top_k_images, GalleryVectors, QueryVectors, Ranked};
+use capmatch_retrieval::{components, top_k_images, GalleryVectors, QueryVectors, Ranked, Target};
 use serde::{Deserialize, Serialize};
 
 use self::mapped::Mapped;
@@ -547,33 +547,52 @@ impl VectorIndex for ExactIndex {
         Ok(self.search_many(std::slice::from_ref(query))?.pop().unwrap_or_default())
     }
 
+    /// Queries with the same target, k and domain are scored against the gallery together
+    /// (one pass over the vectors for the whole group, the products as a matrix product);
+    /// the dot kernel is batch-invariant, so each query's hits are those it gets alone.
     fn search_many(&self, queries: &[VectorQuery<'_>]) -> Result<Vec<Vec<VectorHit>>> {
         let s = &self.snapshot;
         let Some(gallery) = s.gallery() else {
             return Ok(queries.iter().map(|_| Vec::new()).collect());
         };
         let dim = gallery.dim;
+        if let Some(q) = queries.iter().find(|q| q.vectors.is_empty() || q.vectors.len() % dim != 0) {
+            return Err(StoreError::Dimension { expected: dim, found: q.vectors.len() });
+        }
         let live = s.live.bytes();
         let domain_of = s.domains.u32s();
-        let mut out = Vec::with_capacity(queries.len());
-        for q in queries {
-            if q.vectors.is_empty() || q.vectors.len() % dim != 0 {
-                return Err(StoreError::Dimension { expected: dim, found: q.vectors.len() });
-            }
+        let mut out = vec![Vec::new(); queries.len()];
+        // Groups of queries sharing (target, k, domain); a domain the index has never seen
+        // matches nothing, so its queries stay empty.
+        let mut groups: Vec<(Target, usize, Option<u32>, Vec<usize>)> = Vec::new();
+        for (qi, q) in queries.iter().enumerate() {
             let domain = match q.domain {
                 None => None,
                 Some(name) => match s.manifest.domains.iter().position(|d| d == name) {
                     Some(i) => Some(i as u32),
-                    None => {
-                        out.push(Vec::new());
-                        continue;
-                    }
+                    None => continue,
                 },
             };
+            match groups.iter_mut().find(|(t, k, d, _)| *t == q.target && *k == q.k && *d == domain) {
+                Some(group) => group.3.push(qi),
+                None => groups.push((q.target, q.k, domain, vec![qi])),
+            }
+        }
+        for (target, k, domain, members) in groups {
             let keep = |i: usize| live[i] == 1 && !s.removed.contains(&(i as u64)) && domain.is_none_or(|d| domain_of[i] == d);
-            let qv = QueryVectors::one(dim, q.vectors);
-            let ranked = top_k_images(&gallery, &qv, q.target, q.k, true, &keep).pop().unwrap_or_default();
-            out.push(s.hits(&gallery, &qv, ranked));
+            let vectors: Vec<f32> = members.iter().flat_map(|&qi| queries[qi].vectors.iter().copied()).collect();
+            let mut rows = Vec::with_capacity(members.len());
+            let mut row = 0;
+            for &qi in &members {
+                let n = queries[qi].vectors.len() / dim;
+                rows.push(row..row + n);
+                row += n;
+            }
+            let qv = QueryVectors { dim, vectors: &vectors, groups: rows };
+            let ranked = top_k_images(&gallery, &qv, target, k, true, &keep);
+            for (j, (qi, ranked)) in members.into_iter().zip(ranked).enumerate() {
+                out[qi] = s.hits(&gallery, &qv.slice(j..j + 1), ranked);
+            }
         }
         Ok(out)
     }
