@@ -38,6 +38,11 @@ Utilities used by the harness to make shared inputs:
                  (start and end tokens included)
     make-vectors --n N --dim D --seed S --out FILE.npy
                  L2-normalised random float32 vectors, C order
+    ann-hnsw     --gallery FILE.npy --queries FILE.npy --truth FILE.npy --m 32
+                 --ef-construction E --recall R [--out FILE.index]
+                 faiss IndexHNSWFlat (inner product) for `capmatch-bench ann`: builds it,
+                 takes the smallest efSearch whose recall@10 against the truth (row
+                 numbers, int64) reaches R, times single queries there; one JSON line
     export-onnx  --model DIR --tower image|text --out FILE.onnx
                  a CLIP tower (features after the projection) exported with torch.onnx
                  (TorchScript exporter, opset 17, dynamic batch and sequence), f32
@@ -361,6 +366,58 @@ def make_vectors(args):
     emit({"event": "vectors", "n": args.n, "dim": args.dim, "path": args.out})
 
 
+def ann_hnsw(args):
+    import numpy as np
+
+    import faiss
+
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    gallery = np.load(args.gallery, mmap_mode="r")
+    n, dim = gallery.shape
+    queries = np.load(args.queries).astype(np.float32)
+    truth = np.load(args.truth)
+    k = truth.shape[1]
+    index = faiss.IndexHNSWFlat(dim, args.m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = args.ef_construction
+    t = time.perf_counter()
+    for start in range(0, n, 65536):
+        index.add(np.ascontiguousarray(gallery[start : start + 65536], dtype=np.float32))
+    build_secs = time.perf_counter() - t
+    del gallery
+    size = 0
+    if args.out:
+        faiss.write_index(index, args.out)
+        size = os.path.getsize(args.out)
+    # One query at a time, on one thread, like the interactive case on our side.
+    faiss.omp_set_num_threads(1)
+
+    def run(ef):
+        index.hnsw.efSearch = ef
+        found, times = [], []
+        for i in range(len(queries)):
+            t = time.perf_counter()
+            _, ids = index.search(queries[i : i + 1], k)
+            times.append(time.perf_counter() - t)
+            found.append(ids[0])
+        r1 = sum(int(f[0] == w[0]) for f, w in zip(found, truth)) / len(queries)
+        r10 = sum(len(set(f.tolist()) & set(w.tolist())) for f, w in zip(found, truth)) / (k * len(queries))
+        times.sort()
+        pick = lambda p: times[round((len(times) - 1) * p)] * 1e3  # noqa: E731
+        return {"ef_search": ef, "recall_at_1": r1, "recall_at_10": r10, "p50_ms": pick(0.5), "p99_ms": pick(0.99)}
+
+    curve = []
+    for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024):
+        point = run(ef)
+        curve.append(point)
+        if point["recall_at_10"] >= args.recall:
+            break
+    best = curve[-1]
+    rss, hwm = rss_kb()
+    emit({"event": "ann", "faiss": faiss.__version__, "n": n, "m": args.m, "ef_construction": args.ef_construction,
+          "build_secs": build_secs, "bytes": size, "rss_kb": rss, "hwm_kb": hwm, **best, "curve": curve})
+
+
 def export_onnx(args):
     """Exports one CLIP tower (projected features, not normalised) with the TorchScript
     exporter. Eager attention for the export only: the same arithmetic as SDPA, and a graph
@@ -410,7 +467,7 @@ WORKLOADS = {
     "blip2-caption": blip2_caption,
     "search": search,
 }
-UTILITIES = {"captions": captions, "make-vectors": make_vectors, "export-onnx": export_onnx}
+UTILITIES = {"captions": captions, "make-vectors": make_vectors, "ann-hnsw": ann_hnsw, "export-onnx": export_onnx}
 
 
 def versions():
@@ -453,6 +510,10 @@ def main():
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out")
+    p.add_argument("--truth")
+    p.add_argument("--m", type=int, default=32)
+    p.add_argument("--ef-construction", type=int, default=40)
+    p.add_argument("--recall", type=float, default=0.98)
     args = p.parse_args()
 
     if args.workload == "versions":

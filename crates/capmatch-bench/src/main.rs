@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p capmatch-bench -- --out BENCHMARKS.md
 //! cargo run --release -p capmatch-bench -- --quick --only clip-image,search
+//! cargo run --release -p capmatch-bench -- ann --sizes 100k,1M --out BENCHMARKS.md
 //! ```
 //!
 //! For every workload it runs our code and the references (transformers/PyTorch on the CPU,
@@ -18,6 +19,7 @@
 //! `BENCHMARKS.md` for the method and the last numbers.
 
 mod agreement;
+mod ann;
 mod inspect;
 mod models;
 mod npy;
@@ -105,6 +107,11 @@ enum WorkerCmd {
     /// `capmatch inspect` at 10k, 30k and 100k images against faiss computing the same
     /// neighbour graphs; rewrites its own section of --out (see src/inspect.rs).
     Inspect(inspect::InspectArgs),
+    /// The approximate index against faiss HNSW: build, size, memory, recall, latency.
+    Ann(ann::AnnArgs),
+    /// (internal) our side of `ann`.
+    #[command(hide = true)]
+    AnnWorker(ann::AnnWorkerArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -335,8 +342,8 @@ pub struct Settings {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    match cli.worker {
+    let mut cli = Cli::parse();
+    let result = match cli.worker.take() {
         Some(WorkerCmd::Worker(args)) => {
             if let Err(e) = worker::run(args) {
                 worker::emit(&serde_json::json!({"event": "error", "message": format!("{e:#}")}));
@@ -345,16 +352,12 @@ fn main() {
             }
             return;
         }
-        Some(WorkerCmd::Inspect(args)) => {
-            if let Err(e) = inspect::run(args, &repo_root()) {
-                eprintln!("error: {e:#}");
-                std::process::exit(1);
-            }
-            return;
-        }
-        None => {}
-    }
-    if let Err(e) = harness(cli) {
+        Some(WorkerCmd::Inspect(args)) => inspect::run(args, &repo_root()),
+        Some(WorkerCmd::Ann(args)) => ann::run(args, &repo_root()),
+        Some(WorkerCmd::AnnWorker(args)) => ann::worker(args),
+        None => harness(cli),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

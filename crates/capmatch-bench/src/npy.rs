@@ -1,6 +1,6 @@
-//! Reading the 2-D little-endian float32 `.npy` files the harness shares with faiss.
+//! Reading and writing the 2-D little-endian `.npy` files the harness shares with faiss.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -78,6 +78,34 @@ pub fn read(path: &Path) -> Result<Matrix> {
     Ok(Matrix { rows, cols, data })
 }
 
+/// Writes a C-order 2-D array of `descr` (`<f4`, `<i8`) elements, `bytes` little-endian.
+fn write_raw(path: &Path, descr: &str, rows: usize, cols: usize, bytes: &[u8]) -> Result<()> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}").into_bytes();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    file.write_all(b"\x93NUMPY\x01\x00")?;
+    file.write_all(&(header.len() as u16).to_le_bytes())?;
+    file.write_all(&header)?;
+    file.write_all(bytes)?;
+    file.flush()?;
+    Ok(())
+}
+
+pub fn write_f32(path: &Path, rows: usize, cols: usize, data: &[f32]) -> Result<()> {
+    assert_eq!(data.len(), rows * cols);
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write_raw(path, "<f4", rows, cols, &bytes)
+}
+
+pub fn write_i64(path: &Path, rows: usize, cols: usize, data: &[i64]) -> Result<()> {
+    assert_eq!(data.len(), rows * cols);
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write_raw(path, "<i8", rows, cols, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +130,9 @@ mod tests {
         let m = read(&path).unwrap();
         assert_eq!((m.rows, m.cols), (2, 3));
         assert_eq!(m.row(1), &[4., 5., 6.]);
+        let again = dir.join("again.npy");
+        write_f32(&again, 2, 3, &m.data).unwrap();
+        assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&path).unwrap(), "written as numpy writes it");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -28,8 +28,11 @@ enum Command {
     Index(IndexArgs),
     /// Search an index with an image or a text.
     Search(SearchArgs),
-    /// Show what an index holds: counts per domain, models, skipped files.
+    /// Show what an index holds: counts per domain, models, skipped files, the approximate index.
     Info(InfoArgs),
+    /// Build or tune the approximate (HNSW) index that searches use past a million images.
+    #[command(subcommand)]
+    Ann(AnnCommand),
     /// Run the cross-domain retrieval benchmark protocol on a dataset folder.
     Eval(EvalArgs),
     /// Report the similarity structure of an index: copies, cross-domain matches, clusters,
@@ -165,6 +168,56 @@ pub struct IndexArgs {
     /// Largest decoded image (width × height) accepted; larger files are skipped.
     #[arg(long, default_value_t = 178_956_970)]
     pub max_pixels: u64,
+    /// Also build the approximate index if there is no usable one (an existing one takes the
+    /// run's new images by itself).
+    #[arg(long)]
+    pub ann: bool,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+}
+
+/// How the approximate index's graphs are built.
+#[derive(Args, Debug, Clone)]
+pub struct GraphArgs {
+    /// Edges per graph node (HNSW's M).
+    #[arg(long, default_value_t = capmatch_engine::ann::GraphParams::default().connectivity)]
+    pub connectivity: usize,
+    /// Breadth of the search that links each new node (efConstruction).
+    #[arg(long, default_value_t = capmatch_engine::ann::GraphParams::default().expansion_add)]
+    pub expansion_add: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AnnCommand {
+    /// Build (or rebuild) the approximate index from every indexed image.
+    Build(AnnBuildArgs),
+    /// Measure recall@k against exact search on a sample of the gallery's own images, and
+    /// set the search breadth so that the target holds.
+    Tune(AnnTuneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AnnBuildArgs {
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AnnTuneArgs {
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    /// Recall@k to reach, in caption mode and in image mode.
+    #[arg(long, default_value_t = 0.98)]
+    pub target_recall: f64,
+    /// Gallery images used as queries.
+    #[arg(long, default_value_t = 200)]
+    pub sample: usize,
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -212,6 +265,9 @@ pub struct SearchArgs {
     /// must be the recorded one).
     #[arg(long)]
     pub clip: Option<String>,
+    /// Scan every image instead of using the approximate index.
+    #[arg(long)]
+    pub exact: bool,
 }
 
 #[derive(Args, Debug)]
@@ -341,6 +397,7 @@ fn main() -> ExitCode {
         Command::Index(args) => commands::index::run(args),
         Command::Search(args) => commands::search::run(args),
         Command::Info(args) => commands::info::run(args),
+        Command::Ann(command) => commands::ann::run(command),
         Command::Eval(args) => commands::eval::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
     };

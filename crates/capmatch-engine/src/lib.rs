@@ -10,6 +10,8 @@
 //! - the neighbour graph of the gallery ([`Engine::neighbours`]: every image's nearest
 //!   images in image or caption space) and the scores of given pairs
 //!   ([`Engine::score_pairs`]), for the inspection report;
+//! - the approximate index that searches use past a million images: built, kept up to date
+//!   and tuned for a measured recall ([`ann`]);
 //! - one error type, [`EngineError`], whose [`ErrorKind`] a CLI maps to an exit code and a
 //!   server to an HTTP status.
 //!
@@ -24,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ann;
 pub mod check;
 pub mod error;
 pub mod indexing;
@@ -38,9 +41,11 @@ use std::sync::{Arc, OnceLock};
 use capmatch_core::image_io::DecodeLimits;
 use capmatch_core::Device;
 pub use capmatch_store::{ImageEntry, ImageId, ModelIdentity, VectorRecord};
+use capmatch_store::VectorIndex;
 
 pub use capmatch_retrieval::{self as retrieval, Mode};
 pub use capmatch_store::{self as store, Among, CatalogSummary, GraphProgress, IndexStats, NeighbourQuery, Neighbours, NoProgress};
+pub use ann::{AnnState, AnnStatus};
 pub use check::{CheckReport, Problem};
 pub use error::{EngineError, ErrorKind, Result};
 pub use indexing::uploads::{uploads_dir, Upload, UploadOutcome};
@@ -83,6 +88,21 @@ impl Engine {
     pub fn open_writer(db: &Path, models: Arc<dyn GalleryModels>, wait: bool, on_wait: &dyn Fn(&Path)) -> Result<Self> {
         let storage = Storage::open_writer(db, &models.identity(), wait, on_wait)?;
         Ok(Self { storage, models: ModelSource::Given(models), limits: DecodeLimits::default() })
+    }
+
+    /// Opens an existing gallery for upkeep that needs no model (building or tuning the
+    /// approximate index): a writer, bound to the models the gallery records. Waits for
+    /// another writer as [`Engine::open_writer`] does.
+    pub fn open_maintainer(db: &Path, wait: bool, on_wait: &dyn Fn(&Path)) -> Result<Self> {
+        let identity = capmatch_store::SqliteCatalog::open_read_only(db)?
+            .models()?
+            .ok_or_else(|| EngineError::EmptyIndex(db.display().to_string()))?;
+        let storage = Storage::open_writer(db, &identity, wait, on_wait)?;
+        Ok(Self {
+            storage,
+            models: ModelSource::FromIndex { identity: Some(identity), overrides: QueryModels::default(), loaded: OnceLock::new() },
+            limits: DecodeLimits::default(),
+        })
     }
 
     /// Opens an existing gallery for searching. Its CLIP is resolved and loaded only when a
@@ -208,7 +228,7 @@ impl Engine {
         Ok(self.storage.index().score_pairs(pairs)?)
     }
 
-    fn require_writer(&self) -> Result<()> {
+    pub(crate) fn require_writer(&self) -> Result<()> {
         if !self.storage.writable() {
             return Err(EngineError::invalid(format!("{} is open for searching only", self.db().display())));
         }
@@ -219,7 +239,11 @@ impl Engine {
     pub fn index_folders(&self, options: &IndexOptions, observer: &dyn IndexObserver) -> Result<IndexReport> {
         self.require_writer()?;
         let models = self.models()?;
-        indexing::index_folders(&self.storage, models.as_ref(), options, observer)
+        let report = indexing::index_folders(&self.storage, models.as_ref(), options, observer)?;
+        // The run's new images go into the approximate index's graphs now, once, rather than
+        // being scanned exactly by every search until enough of them wait.
+        self.storage.flush()?;
+        Ok(report)
     }
 
     /// Adds image bytes to the gallery (kept in [`uploads_dir`]); one outcome per upload,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use capmatch_core::image_io::{decode_bytes, decode_file};
 use capmatch_core::RgbImage;
 use capmatch_retrieval::{normalized, rank_key, Mode};
-use capmatch_store::{ImageId, VectorQuery};
+use capmatch_store::{ImageId, VectorHit, VectorIndex, VectorQuery};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
@@ -50,11 +50,13 @@ pub struct SearchRequest {
     pub domain: Option<String>,
     /// Only results scoring at least this.
     pub min_score: Option<f32>,
+    /// Scan every image even where the approximate index could answer.
+    pub exact: bool,
 }
 
 impl SearchRequest {
     pub fn new(query: Query, mode: Mode, k: usize) -> Self {
-        Self { query, mode, k, weight: 0.5, domain: None, min_score: None }
+        Self { query, mode, k, weight: 0.5, domain: None, min_score: None, exact: false }
     }
 }
 
@@ -115,7 +117,16 @@ impl Engine {
             .zip(&vectors)
             .map(|(r, v)| VectorQuery { vectors: v, target: r.mode.target(r.weight), k: r.k, domain: r.domain.as_deref() })
             .collect();
-        let found = index.search_many(&queries)?;
+        // The approximate index where it is usable, the exact scan where asked for.
+        let (exact, approximate): (Vec<usize>, Vec<usize>) = (0..requests.len()).partition(|&i| requests[i].exact);
+        let pick = |which: &[usize]| which.iter().map(|&i| queries[i].clone()).collect::<Vec<_>>();
+        let mut found: Vec<Vec<VectorHit>> = vec![Vec::new(); requests.len()];
+        for (i, hits) in exact.iter().zip(index.search_many_exact(&pick(&exact))?) {
+            found[*i] = hits;
+        }
+        for (i, hits) in approximate.iter().zip(index.search_many(&pick(&approximate))?) {
+            found[*i] = hits;
+        }
         drop(index);
         let catalog = self.storage.catalog();
         let mut out = Vec::with_capacity(requests.len());

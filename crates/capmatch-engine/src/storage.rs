@@ -27,7 +27,11 @@ use std::time::SystemTime;
 
 use capmatch_store::catalog::sqlite::SCHEMA_VERSION_V1;
 use capmatch_store::exact::Access;
-use capmatch_store::{Catalog, CatalogBatch, ExactIndex, ImageId, ModelIdentity, SqliteCatalog, VectorIndex, VectorRecord};
+use capmatch_store::ann::{GraphParams, TuneOptions, TuneReport};
+use capmatch_store::{
+    AnnIndex, AnnOptions, AnnStatus, Catalog, CatalogBatch, ExactIndex, ImageId, ModelIdentity, SqliteCatalog, VectorIndex,
+    VectorRecord,
+};
 
 use crate::error::{EngineError, Result};
 
@@ -68,13 +72,18 @@ impl WriterLock {
 }
 
 /// The catalog and the vector index of one gallery.
+///
+/// The vector index is the exact index wrapped by the approximate one ([`AnnIndex`]), which
+/// passes every search to the exact path until its graphs are built (`capmatch ann build`)
+/// and whenever they are not usable; `AnnIndex::search_many_exact` forces the exact path
+/// (`capmatch search --exact`).
 pub(crate) struct Storage {
     db: PathBuf,
     catalog: Mutex<Box<dyn Catalog>>,
-    index: RwLock<Box<dyn VectorIndex>>,
+    index: RwLock<AnnIndex>,
     writable: bool,
     /// When the index's manifest was last seen changed (readers follow other writers).
-    seen: Mutex<Option<SystemTime>>,
+    seen: Mutex<[Option<SystemTime>; 2]>,
     _lock: Option<WriterLock>,
 }
 
@@ -94,9 +103,9 @@ impl Storage {
         let storage = Self {
             db: db.to_path_buf(),
             catalog: Mutex::new(Box::new(catalog)),
-            index: RwLock::new(Box::new(index)),
+            index: RwLock::new(AnnIndex::open(index, &AnnIndex::dir_for(db), AnnOptions::default())),
             writable: true,
-            seen: Mutex::new(None),
+            seen: Mutex::new([None; 2]),
             _lock: Some(lock),
         };
         storage.reconcile()?;
@@ -118,9 +127,9 @@ impl Storage {
         let storage = Self {
             db: db.to_path_buf(),
             catalog: Mutex::new(Box::new(catalog)),
-            index: RwLock::new(Box::new(index)),
+            index: RwLock::new(AnnIndex::open(index, &AnnIndex::dir_for(db), AnnOptions::default())),
             writable: false,
-            seen: Mutex::new(manifest_mtime(db)),
+            seen: Mutex::new(manifest_mtimes(db)),
             _lock: None,
         };
         Ok((storage, identity))
@@ -138,12 +147,28 @@ impl Storage {
         self.catalog.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn index(&self) -> RwLockReadGuard<'_, Box<dyn VectorIndex>> {
+    pub(crate) fn index(&self) -> RwLockReadGuard<'_, AnnIndex> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn index_mut(&self) -> RwLockWriteGuard<'_, Box<dyn VectorIndex>> {
+    fn index_mut(&self) -> RwLockWriteGuard<'_, AnnIndex> {
         self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the index's state durable and merges new rows into the approximate index's
+    /// graphs (the end of an indexing run).
+    pub(crate) fn flush(&self) -> Result<()> {
+        Ok(self.index_mut().flush()?)
+    }
+
+    /// Builds (or rebuilds) the approximate index from every image.
+    pub(crate) fn build_ann(&self, params: GraphParams) -> Result<AnnStatus> {
+        Ok(self.index_mut().build(params)?)
+    }
+
+    /// Measures the approximate index's recall and sets its search breadth.
+    pub(crate) fn tune_ann(&self, options: &TuneOptions) -> Result<TuneReport> {
+        Ok(self.index_mut().tune(options)?)
     }
 
     /// A reader follows the commits of a writer in another process (cheap when nothing
@@ -152,7 +177,7 @@ impl Storage {
         if self.writable {
             return Ok(());
         }
-        let now = manifest_mtime(&self.db);
+        let now = manifest_mtimes(&self.db);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if now != *seen {
             self.index_mut().refresh()?;
@@ -233,8 +258,10 @@ impl Storage {
     }
 }
 
-fn manifest_mtime(db: &Path) -> Option<SystemTime> {
-    std::fs::metadata(ExactIndex::dir_for(db).join("manifest.json")).and_then(|m| m.modified()).ok()
+/// When the exact and the approximate index's manifests last changed.
+fn manifest_mtimes(db: &Path) -> [Option<SystemTime>; 2] {
+    [ExactIndex::dir_for(db), AnnIndex::dir_for(db)]
+        .map(|dir| std::fs::metadata(dir.join("manifest.json")).and_then(|m| m.modified()).ok())
 }
 
 /// Moves the vectors of a schema-1 index (BLOBs in SQLite) into the vector index and

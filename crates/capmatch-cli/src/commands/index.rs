@@ -45,6 +45,14 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     if report.skipped > 0 {
         println!("skipped files and their reasons: capmatch info --db {}", args.db.display());
     }
+    if args.ann {
+        let started = Instant::now();
+        let (status, built) = engine.ensure_ann(args.graph.params())?;
+        if built {
+            println!("built the approximate index in {:.1?}", started.elapsed());
+        }
+        crate::commands::info::print_ann(&status);
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod ann;
 pub mod caption;
 pub mod embed;
 pub mod eval;

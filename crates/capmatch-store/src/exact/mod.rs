@@ -35,12 +35,11 @@ mod mapped;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use capmatch_retrieval::{components, top_k_images, ComponentScores, GalleryVectors, QueryVectors, Target};
+use capmatch_retrieval::{components, top_k_images, ComponentScores, GalleryVectors, QueryVectors, Ranked, Target};
 use serde::{Deserialize, Serialize};
 
 use self::mapped::Mapped;
@@ -144,8 +143,9 @@ impl Column {
     }
 }
 
-/// The committed state, mapped.
-struct Snapshot {
+/// The committed state, mapped. The approximate index (`crate::ann`) reads it row by row:
+/// its graphs are keyed by row, and it re-scores candidates from these vectors.
+pub(crate) struct Snapshot {
     manifest: Manifest,
     images: Mapped,
     captions: Mapped,
@@ -177,12 +177,40 @@ impl Snapshot {
         Ok(s)
     }
 
-    fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.manifest.rows as usize
     }
 
-    fn is_live(&self, row: usize) -> bool {
+    pub(crate) fn is_live(&self, row: usize) -> bool {
         self.live.bytes()[row] == 1 && !self.removed.contains(&(row as u64))
+    }
+
+    /// Rows holding images: the live ones.
+    pub(crate) fn live_rows(&self) -> usize {
+        self.live_rows as usize
+    }
+
+    /// Changes only when compaction renumbers the rows.
+    pub(crate) fn file_generation(&self) -> u64 {
+        self.manifest.file_generation
+    }
+
+    pub(crate) fn dim(&self) -> Option<usize> {
+        self.manifest.dim
+    }
+
+    pub(crate) fn id(&self, row: usize) -> ImageId {
+        ImageId(self.ids.u64s()[row])
+    }
+
+    /// The domain of each row, as an index into [`Self::domain_index`]'s numbering.
+    pub(crate) fn row_domains(&self) -> &[u32] {
+        self.domains.u32s()
+    }
+
+    /// The number rows use for the domain `name`, if any row has it.
+    pub(crate) fn domain_index(&self, name: &str) -> Option<u32> {
+        self.manifest.domains.iter().position(|d| d == name).map(|i| i as u32)
     }
 
     fn offsets(&self) -> &[u32] {
@@ -207,12 +235,12 @@ impl Snapshot {
         Ok(())
     }
 
-    fn gallery(&self) -> Option<GalleryVectors<'_>> {
+    pub(crate) fn gallery(&self) -> Option<GalleryVectors<'_>> {
         let dim = self.manifest.dim?;
         GalleryVectors::new(dim, self.images.f32s(), self.captions.f32s(), self.offsets()).ok()
     }
 
-    fn record(&self, row: usize) -> VectorRecord {
+    pub(crate) fn record(&self, row: usize) -> VectorRecord {
         let dim = self.manifest.dim.unwrap_or(0);
         let offsets = self.offsets();
         let (c0, c1) = (offsets[row] as usize, offsets[row + 1] as usize);
@@ -222,6 +250,18 @@ impl Snapshot {
             image: self.images.f32s()[row * dim..(row + 1) * dim].to_vec(),
             captions: self.captions.f32s()[c0 * dim..c1 * dim].to_vec(),
         }
+    }
+
+    /// Ranked rows as hits: ids and both components of each score.
+    pub(crate) fn hits(&self, gallery: &GalleryVectors<'_>, query: &QueryVectors<'_>, ranked: Vec<Ranked>) -> Vec<VectorHit> {
+        ranked
+            .into_iter()
+            .map(|r| VectorHit {
+                id: self.id(r.position as usize),
+                score: r.score,
+                components: components(gallery, query, r.position as usize),
+            })
+            .collect()
     }
 
     /// Live row of each id (the latest, should a crash have left two).
@@ -316,6 +356,19 @@ impl ExactIndex {
         &self.dir
     }
 
+    pub(crate) fn is_writer(&self) -> bool {
+        self.access == Access::ReadWrite
+    }
+
+    pub(crate) fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The models' fingerprint the vectors were made with, once bound.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.snapshot.manifest.fingerprint.as_deref()
+    }
+
     fn column_path(&self, c: Column, file_generation: u64) -> PathBuf {
         self.dir.join(c.file_name(file_generation))
     }
@@ -394,20 +447,7 @@ fn apply_removals(dir: &Path, m: &Manifest) -> Result<()> {
 }
 
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
-    let tmp = dir.join("manifest.json.tmp");
-    let final_path = dir.join(MANIFEST);
-    let bytes = serde_json::to_vec_pretty(m).expect("manifest serialises");
-    {
-        let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-        f.write_all(&bytes).map_err(|e| StoreError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
-    }
-    std::fs::rename(&tmp, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
-    // The rename itself must reach the disk before anything that depends on it.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::durable::replace_file(dir, MANIFEST, &serde_json::to_vec_pretty(m).expect("manifest serialises"))
 }
 
 fn f32_bytes(v: &[f32]) -> &[u8] {
@@ -524,7 +564,6 @@ impl VectorIndex for ExactIndex {
         }
         let live = s.live.bytes();
         let domain_of = s.domains.u32s();
-        let ids = s.ids.u64s();
         let mut out = vec![Vec::new(); queries.len()];
         // Groups of queries sharing (target, k, domain); a domain the index has never seen
         // matches nothing, so its queries stay empty.
@@ -555,15 +594,7 @@ impl VectorIndex for ExactIndex {
             let qv = QueryVectors { dim, vectors: &vectors, groups: rows };
             let ranked = top_k_images(&gallery, &qv, target, k, true, &keep);
             for (j, (qi, ranked)) in members.into_iter().zip(ranked).enumerate() {
-                let one = qv.slice(j..j + 1);
-                out[qi] = ranked
-                    .into_iter()
-                    .map(|r| VectorHit {
-                        id: ImageId(ids[r.position as usize]),
-                        score: r.score,
-                        components: components(&gallery, &one, r.position as usize),
-                    })
-                    .collect();
+                out[qi] = s.hits(&gallery, &qv.slice(j..j + 1), ranked);
             }
         }
         Ok(out)
