@@ -199,7 +199,10 @@ impl Engine {
         self.require_writer()?;
         let models = self.models()?;
         let stored = indexing::uploads::store_uploads(self.db(), uploads, &self.limits)?;
-        let candidates: Vec<_> = stored.iter().filter_map(|s| s.as_ref().ok().cloned()).collect();
+        // The same bytes uploaded twice (in one call) are one stored file: index it once.
+        let mut seen = std::collections::HashSet::new();
+        let candidates: Vec<_> =
+            stored.iter().filter_map(|s| s.as_ref().ok()).filter(|c| seen.insert(c.path.as_str())).cloned().collect();
         let mut options = IndexOptions::new(Vec::new());
         options.batch_size = batch_size.max(1);
         options.limits = self.limits;
@@ -207,11 +210,13 @@ impl Engine {
         let mut out = Vec::with_capacity(uploads.len());
         for (upload, stored) in uploads.iter().zip(stored) {
             out.push(match stored {
-                Err(reason) => UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason) },
+                Err(e) => {
+                    UploadOutcome { name: upload.name.clone(), id: None, error: Some(e.to_string()), error_kind: Some(e.kind()) }
+                }
                 Ok(c) => {
                     let catalog = self.storage.catalog();
                     match catalog.entry_by_path(&c.path)? {
-                        Some(e) => UploadOutcome { name: upload.name.clone(), id: Some(e.id), error: None },
+                        Some(e) => UploadOutcome { name: upload.name.clone(), id: Some(e.id), error: None, error_kind: None },
                         None => {
                             let reason = catalog
                                 .tracked_files()?
@@ -219,7 +224,7 @@ impl Engine {
                                 .find(|t| t.path == c.path)
                                 .and_then(|t| t.skipped)
                                 .unwrap_or_else(|| "not indexed".into());
-                            UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason) }
+                            UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason), error_kind: None }
                         }
                     }
                 }
