@@ -7,6 +7,7 @@
 //! - search by text, image bytes, image path, vector or indexed image, in every mode
 //!   ([`Engine::search`]), each hit explained (both component scores, the matched caption);
 //! - what the gallery holds ([`Engine::info`]), and its images and vectors by id;
+//! - dynamic batching of concurrent searches ([`SearchBatcher`], for servers);
 //! - one error type, [`EngineError`], whose [`ErrorKind`] a CLI maps to an exit code and a
 //!   server to an HTTP status.
 //!
@@ -21,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod batching;
 pub mod check;
 pub mod error;
 pub mod indexing;
@@ -38,6 +40,7 @@ pub use capmatch_store::{ImageEntry, ImageId, ModelIdentity, VectorRecord};
 
 pub use capmatch_retrieval::Mode;
 pub use capmatch_store::{self as store, CatalogSummary, IndexStats};
+pub use batching::{BatchConfig, BatchStats, SearchBatcher};
 pub use check::{CheckReport, Problem};
 pub use error::{EngineError, ErrorKind, Result};
 pub use indexing::uploads::{uploads_dir, Upload, UploadOutcome};
