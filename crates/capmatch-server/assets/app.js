@@ -168,6 +168,8 @@ async function runSearch(push) {
     clearResults();
     return;
   }
+  // Busy from the moment the URL names the new search, before anything is awaited.
+  showBusy();
   const serial = ++searchSerial;
   let body;
   let headers = {};
@@ -190,7 +192,6 @@ async function runSearch(push) {
     body = JSON.stringify({ ...query, ...options });
     headers = { 'Content-Type': 'application/json' };
   }
-  showBusy();
   try {
     const r = await fetch('/api/search', { method: 'POST', body, headers });
     const answer = await r.json();
@@ -203,7 +204,13 @@ async function runSearch(push) {
   }
 }
 
+// The grid says when it is being replaced (dimmed meanwhile; tests wait on it too).
+function setBusy(busy) {
+  $('grid').setAttribute('aria-busy', String(busy));
+}
+
 function clearResults() {
+  setBusy(false);
   lastAnswer = null;
   $('grid').replaceChildren();
   $('status').replaceChildren();
@@ -216,6 +223,7 @@ function showBusy() {
   const spin = document.createElement('span');
   spin.className = 'spinner';
   s.replaceChildren(spin, 'searching…');
+  setBusy(true);
   $('empty').hidden = true;
 }
 
@@ -225,6 +233,7 @@ function showError(message) {
   e.className = 'error';
   e.textContent = message;
   s.replaceChildren(e);
+  setBusy(false);
   $('empty').hidden = true;
 }
 
@@ -247,8 +256,18 @@ function render(answer) {
   const hits = answer.hits;
   const grid = $('grid');
   const template = $('card-template');
-  // One scale for both bars, so that the two components of a hit can be compared.
-  const top = Math.max(1e-6, ...hits.flatMap((h) => [h.scores.caption ?? 0, h.scores.image ?? 0]));
+  // Each component on its own scale over the grid (caption and image cosines live in
+  // different bands): from 0 to the best score shown, or, when every score is negative (as
+  // with random-weight test models), from the worst to the best. A hit whose caption bar is
+  // full and image bar short matched by its caption.
+  const scale = (part) => {
+    const values = hits.map((h) => h.scores[part]).filter((v) => v != null);
+    const hi = Math.max(...values);
+    const lo = hi > 0 ? Math.min(0, ...values) : Math.min(...values);
+    const span = Math.max(1e-6, hi - lo);
+    return (v) => `${4 + 96 * Math.max(0, Math.min(1, (v - lo) / span))}%`;
+  };
+  const width = { caption: scale('caption'), image: scale('image') };
   const used = { caption: answer.mode !== 'image' && answer.mode !== 'text', image: answer.mode !== 'caption' && answer.mode !== 'caption-text' };
   const cards = hits.map((h, i) => {
     const card = template.content.firstElementChild.cloneNode(true);
@@ -272,7 +291,7 @@ function render(answer) {
       const b = document.createElement('button');
       b.type = 'button';
       b.textContent = c;
-      b.title = ci === h.matched_caption ? 'the caption that matched: search with it' : 'search with this caption';
+      b.title = `${c}\n(${ci === h.matched_caption ? 'the caption that matched; ' : ''}click to search with it)`;
       b.addEventListener('click', () => searchCaption(c));
       li.append(b);
       list.append(li);
@@ -280,7 +299,7 @@ function render(answer) {
     for (const part of ['caption', 'image']) {
       const bar = card.querySelector(`.bar[data-part="${part}"]`);
       const v = h.scores[part];
-      bar.querySelector('.fill').style.width = v == null ? '0%' : `${Math.max(0, Math.min(1, v / top)) * 100}%`;
+      bar.querySelector('.fill').style.width = v == null ? '0%' : width[part](v);
       bar.querySelector('.value').textContent = v == null ? '–' : v.toFixed(3);
       bar.classList.toggle('unused', !used[part]);
       bar.title = `${part} score${used[part] ? '' : ' (not used by this mode)'}`;
@@ -288,6 +307,7 @@ function render(answer) {
     return card;
   });
   grid.replaceChildren(...cards);
+  setBusy(false);
   $('empty').hidden = true;
   $('export').hidden = hits.length === 0;
   const s = $('status');
