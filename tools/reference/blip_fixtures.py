@@ -32,9 +32,8 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "fixtures" / "blip"
 REAL = ROOT / "fixtures" / "images" / "real"
-VOCAB = Path("/work/shared/vocab/bert-base-uncased-vocab.txt")
-if not VOCAB.exists():
-    VOCAB = ROOT.parent / "shared" / "vocab" / "bert-base-uncased-vocab.txt"
+# `../shared/vocab` beside the project's checkout.
+VOCAB = ROOT.parent / "shared" / "vocab" / "bert-base-uncased-vocab.txt"
 
 PROMPT = "a picture of"
 SEP = 102

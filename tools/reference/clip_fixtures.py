@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """CLIP parity fixtures: tiny random-weight `CLIPModel` checkpoints in the Hugging Face layout,
-with the REAL CLIP BPE tokenizer (from /work/shared/vocab) and transformers' reference outputs.
+with the REAL CLIP BPE tokenizer (from ../shared/vocab) and transformers' reference outputs.
 
     python3 tools/reference/make_fixtures.py clip
 
@@ -37,9 +37,8 @@ from transformers import BlipImageProcessorPil, CLIPConfig, CLIPImageProcessorPi
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "fixtures" / "clip"
 REAL_IMAGES = ROOT / "fixtures" / "images" / "real"
-BPE_GZ = Path("/work/shared/vocab/clip-bpe_simple_vocab_16e6.txt.gz")
-if not BPE_GZ.exists():  # the repository may sit elsewhere relative to /work/shared
-    BPE_GZ = ROOT.parent / "shared" / "vocab" / "clip-bpe_simple_vocab_16e6.txt.gz"
+# `../shared/vocab` beside the project's checkout.
+BPE_GZ = ROOT.parent / "shared" / "vocab" / "clip-bpe_simple_vocab_16e6.txt.gz"
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]

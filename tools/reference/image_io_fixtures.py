@@ -22,8 +22,14 @@ The reference is capmatch's decoding contract expressed with Pillow:
      documented choice). 16-bit RGB PNGs are written with samples k * 257, where Pillow's
      truncation (v >> 8) and the rounding agree exactly.
 
-JPEG and lossy WebP decoders legitimately differ by a few levels, so those samples carry a
-tolerance; lossless formats must match exactly.
+Every sample must match exactly, JPEG included (capmatch decodes JPEG with libjpeg-turbo set
+up as Pillow sets it up); only lossy WebP carries a tolerance (libwebp vs the `image` crate's
+decoder). The JPEG samples cover baseline and progressive, 4:4:4 / 4:2:2 / 4:2:0, greyscale,
+CMYK and YCCK (Adobe), restart markers, optimised Huffman tables, odd sizes, extreme
+qualities, a real photo and EXIF orientations 1-8. Pillow cannot write YCCK, so that sample is
+assembled from two Pillow-encoded JPEGs (see `ycck_jpeg`). The `jpeg_photo_*` samples are made
+from fixtures/images/real/photo_lemon.png (a Tux Paint stamp, GPL-2.0-or-later; see
+fixtures/images/real/LICENSE.md), shrunk to 61x45.
 """
 import io
 import json
@@ -32,7 +38,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, features
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "fixtures" / "images" / "formats"
@@ -41,7 +47,6 @@ W, H = 24, 16  # not square, so a wrong orientation also gets the size wrong
 
 # Tolerances: (max abs difference per channel, mean abs difference).
 EXACT = (0, 0.0)
-JPEG_TOL = (12, 1.5)
 WEBP_LOSSY_TOL = (12, 1.5)
 
 
@@ -99,6 +104,63 @@ def write_png16(path, arr, color_type):
     path.write_bytes(data)
 
 
+def segments(jpeg):
+    """Splits a JPEG written by Pillow into (marker, payload) pairs; the entropy-coded data
+    of each scan is the payload of a pseudo-marker 0x00 after its SOS."""
+    out, pos = [], 2
+    assert jpeg[:2] == b"\xff\xd8"
+    while pos < len(jpeg):
+        assert jpeg[pos] == 0xFF, pos
+        marker = jpeg[pos + 1]
+        if marker == 0xD9:
+            break
+        length = struct.unpack(">H", jpeg[pos + 2:pos + 4])[0]
+        out.append((marker, jpeg[pos + 4:pos + 2 + length]))
+        pos += 2 + length
+        if marker == 0xDA:  # entropy-coded data runs to the next marker that is not RSTn/stuffing
+            end = pos
+            while not (jpeg[end] == 0xFF and jpeg[end + 1] not in (0x00, *range(0xD0, 0xD8))):
+                end += 1
+            out.append((0x00, jpeg[pos:end]))
+            pos = end
+    return out
+
+
+def ycck_jpeg(cmyk):
+    """A baseline Adobe YCCK JPEG (APP14 transform 2) of a CMYK image, which Pillow reads but
+    cannot write: one 4-component frame with two scans, the Y/Cb/Cr scan of a 4:4:4 Pillow
+    JPEG of the inverted C, M, Y planes (libjpeg's YCCK is YCbCr of 255 - C, 255 - M, 255 - Y)
+    and the K scan of a greyscale Pillow JPEG; same quality, so both use the standard luma
+    tables for K."""
+    c, m, y, k = (np.array(p) for p in cmyk.split())
+    stored = [255 - c, 255 - m, 255 - y, 255 - k]  # what libjpeg hands out: Adobe's inverted inks
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([255 - v for v in stored[:3]], axis=-1)).save(buf, "JPEG", quality=90, subsampling=0)
+    colour = segments(buf.getvalue())
+    buf = io.BytesIO()
+    Image.fromarray(stored[3]).save(buf, "JPEG", quality=90)
+    grey = segments(buf.getvalue())
+
+    def seg(marker, payload):
+        return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+    first = lambda segs, marker: next(p for m, p in segs if m == marker)  # noqa: E731
+    sof = first(colour, 0xC0)
+    assert sof[5] == 3 and all(sof[6 + 3 * i + 1] == 0x11 for i in range(3)), "want 4:4:4"
+    sof4 = sof[:5] + b"\x04" + sof[6:] + bytes([4, 0x11, 0])  # K: 1x1, quantisation table 0
+    adobe = b"Adobe" + struct.pack(">HHHB", 100, 0, 0, 2)
+    out = b"\xff\xd8" + seg(0xEE, adobe)
+    out += b"".join(seg(m, p) for m, p in colour if m in (0xDB, 0xC4))
+    out += seg(0xC0, sof4)
+    scan_colour = [i for i, (m, _) in enumerate(colour) if m == 0xDA][0]
+    out += seg(0xDA, colour[scan_colour][1]) + colour[scan_colour + 1][1]
+    scan_grey = [i for i, (m, _) in enumerate(grey) if m == 0xDA][0]
+    sos = grey[scan_grey][1]
+    assert sos[0] == 1, "greyscale scan has one component"
+    out += seg(0xDA, b"\x01\x04\x00" + sos[3:]) + grey[scan_grey + 1][1]  # component 4, tables 0/0
+    return out + b"\xff\xd9"
+
+
 def exif_with_orientation(n):
     exif = Image.Exif()
     exif[0x0112] = n
@@ -121,13 +183,32 @@ def main():
         writer(OUT / f"{name}.{ext}")
         samples.append((name, ext, tol))
 
-    # JPEG
-    add("jpeg_rgb", "jpg", JPEG_TOL, lambda p: rgb.save(p, quality=92))
-    add("jpeg_progressive", "jpg", JPEG_TOL, lambda p: rgb.save(p, quality=92, progressive=True))
-    add("jpeg_grey", "jpg", JPEG_TOL, lambda p: grey.save(p, quality=92))
-    add("jpeg_cmyk", "jpg", JPEG_TOL, lambda p: rgb.convert("CMYK").save(p, quality=95))
+    # JPEG (Pillow's default subsampling is 4:2:0)
+    add("jpeg_rgb", "jpg", EXACT, lambda p: rgb.save(p, quality=92))
+    add("jpeg_progressive", "jpg", EXACT, lambda p: rgb.save(p, quality=92, progressive=True))
+    add("jpeg_grey", "jpg", EXACT, lambda p: grey.save(p, quality=92))
+    add("jpeg_cmyk", "jpg", EXACT, lambda p: rgb.convert("CMYK").save(p, quality=95))
     for n in range(1, 9):
-        add(f"jpeg_orientation_{n}", "jpg", JPEG_TOL, lambda p, n=n: rgb.save(p, quality=92, exif=exif_with_orientation(n)))
+        add(f"jpeg_orientation_{n}", "jpg", EXACT, lambda p, n=n: rgb.save(p, quality=92, exif=exif_with_orientation(n)))
+    photo = Image.open(ROOT / "fixtures" / "images" / "real" / "photo_lemon.png").convert("RGB")
+    photo = photo.resize((61, 45), Image.Resampling.LANCZOS)  # odd size: partial MCUs on both edges
+    for name, sub in (("444", "4:4:4"), ("422", "4:2:2"), ("420", "4:2:0")):
+        add(f"jpeg_photo_{name}", "jpg", EXACT, lambda p, sub=sub: photo.save(p, quality=90, subsampling=sub))
+        add(f"jpeg_photo_{name}_progressive", "jpg", EXACT,
+            lambda p, sub=sub: photo.save(p, quality=90, subsampling=sub, progressive=True))
+    add("jpeg_photo_optimized", "jpg", EXACT, lambda p: photo.save(p, quality=85, optimize=True))
+    add("jpeg_photo_q100", "jpg", EXACT, lambda p: photo.save(p, quality=100, subsampling="4:4:4"))
+    add("jpeg_photo_q5", "jpg", EXACT, lambda p: photo.save(p, quality=5))
+    add("jpeg_photo_restart_blocks", "jpg", EXACT, lambda p: photo.save(p, quality=90, restart_marker_blocks=3))
+    add("jpeg_photo_restart_rows", "jpg", EXACT,
+        lambda p: photo.save(p, quality=90, restart_marker_rows=1, progressive=True))
+    add("jpeg_photo_grey_progressive", "jpg", EXACT, lambda p: photo.convert("L").save(p, quality=90, progressive=True))
+    add("jpeg_photo_cmyk_progressive", "jpg", EXACT, lambda p: photo.convert("CMYK").save(p, quality=90, progressive=True))
+    add("jpeg_ycck", "jpg", EXACT, lambda p: p.write_bytes(ycck_jpeg(rgb.convert("CMYK"))))
+    add("jpeg_photo_ycck", "jpg", EXACT, lambda p: p.write_bytes(ycck_jpeg(photo.convert("CMYK"))))
+    for size in ((1, 1), (7, 3), (17, 9)):
+        tiny = photo.resize(size, Image.Resampling.BOX)
+        add(f"jpeg_{size[0]}x{size[1]}", "jpg", EXACT, lambda p, tiny=tiny: tiny.save(p, quality=90))
     # PNG
     add("png_rgb", "png", EXACT, lambda p: rgb.save(p))
     add("png_rgba", "png", EXACT, lambda p: rgba.save(p))
@@ -189,6 +270,7 @@ def main():
     (OUT / "manifest.json").write_text(json.dumps({
         "generator": "tools/reference/image_io_fixtures.py",
         "pillow": Image.__version__ if hasattr(Image, "__version__") else __import__("PIL").__version__,
+        "libjpeg_turbo": features.version_feature("libjpeg_turbo"),
         "samples": manifest,
     }, indent=1) + "\n")
     print(f"wrote {len(manifest)} samples to {OUT}")

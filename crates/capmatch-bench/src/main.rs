@@ -60,7 +60,7 @@ struct Cli {
     #[arg(long, default_value = "bench-models")]
     models_dir: PathBuf,
     /// Folder of real images (default: bench-models/real-images, fetched with
-    /// /work/shared/data/fetch-real-images.sh when missing, or /tmp/real/tuxpaint).
+    /// ../shared/data/fetch-real-images.sh, relative to the project, when missing).
     #[arg(long)]
     images: Option<PathBuf>,
     #[arg(long, default_value = "python3")]
@@ -357,11 +357,8 @@ fn find_images(cli: &Cli, paths: &Paths) -> Result<PathBuf> {
     if fetched.join("tuxpaint").is_dir() {
         return Ok(fetched.join("tuxpaint"));
     }
-    let tmp = PathBuf::from("/tmp/real/tuxpaint");
-    if tmp.is_dir() {
-        return Ok(tmp);
-    }
-    let script = PathBuf::from("/work/shared/data/fetch-real-images.sh");
+    // `../shared` beside the project's checkout.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/fetch-real-images.sh");
     eprintln!("[bench] fetching real images with {} ...", script.display());
     let status = Command::new("bash").arg(&script).arg(&fetched).status()?;
     if !status.success() {

@@ -5,8 +5,11 @@
 //! transparent regions black or into garbage colours).
 //!
 //! What is decoded, recognised from the content (never the extension):
-//! - JPEG (baseline/progressive, greyscale, CMYK and YCCK), PNG (1–16 bit, grey, palette,
-//!   `tRNS`, alpha), WebP (lossy, lossless, alpha), GIF (first frame), BMP, TIFF;
+//! - JPEG (baseline/progressive, greyscale, CMYK and YCCK) with libjpeg-turbo's decoder set
+//!   up as Pillow sets it up, so the pixels are Pillow's exactly (see [`jpeg`]); optionally
+//!   at a reduced DCT scale for images far larger than the model input ([`ReducedScale`]);
+//! - PNG (1–16 bit, grey, palette, `tRNS`, alpha), WebP (lossy, lossless, alpha), GIF (first
+//!   frame), BMP, TIFF;
 //! - SVG, rendered with resvg at its intrinsic size (the longer side capped at
 //!   [`SVG_MAX_SIDE`], the area at [`DecodeLimits::max_pixels`]); text elements are not
 //!   rendered (no fonts are loaded) and neither are raster images embedded in the SVG.
@@ -19,13 +22,18 @@
 //!
 //! Robustness: no input makes these functions panic or abort the process. Dimensions are
 //! checked against [`DecodeLimits::max_pixels`] before any pixel is decoded, the decoder's
-//! allocations are capped by [`DecodeLimits::max_alloc_bytes`] (`image::Limits`), files larger
-//! than [`DecodeLimits::max_file_bytes`] are not read, and a panic inside a third-party decoder
-//! is caught and reported as [`DecodeError::DecoderPanic`]. Every error displays as one short
-//! line meant for a warning and for the index database.
+//! allocations are capped by [`DecodeLimits::max_alloc_bytes`] (`image::Limits`, and an
+//! estimate of libjpeg's buffers), files larger than [`DecodeLimits::max_file_bytes`] are not
+//! read, libjpeg's fatal errors come back as [`DecodeError::Corrupt`], and a panic inside a
+//! third-party decoder is caught and reported as [`DecodeError::DecoderPanic`]. Every error
+//! displays as one short line meant for a warning and for the index database.
 //!
-//! API (stable; other crates build on it): [`decode_file`], [`decode_bytes`], [`DecodeLimits`],
-//! [`DecodeError`], [`to_rgb_over_white`], [`is_image_path`], [`SUPPORTED_EXTENSIONS`].
+//! API (stable; other crates build on it): [`decode_file`], [`decode_bytes`], their
+//! [`DecodeOptions`] forms [`decode_file_with`] and [`decode_bytes_with`], [`DecodeLimits`],
+//! [`ReducedScale`], [`DecodeError`], [`to_rgb_over_white`], [`is_image_path`],
+//! [`SUPPORTED_EXTENSIONS`].
+
+mod jpeg;
 
 use std::cell::Cell;
 use std::io::Read;
@@ -34,6 +42,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, RgbImage, RgbaImage};
+
+pub use jpeg::ReducedScale;
 
 /// File extensions (lower case, no dot) the indexer treats as images.
 pub const SUPPORTED_EXTENSIONS: &[&str] =
@@ -83,6 +93,23 @@ impl DecodeLimits {
     }
 }
 
+/// Everything [`decode_file_with`] and [`decode_bytes_with`] take besides the input.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DecodeOptions {
+    pub limits: DecodeLimits,
+    /// `None` (the default): full resolution, pixels identical to Pillow's. `Some`: a JPEG
+    /// far larger than the model input is decoded at 1/2, 1/4 or 1/8 scale (faster, and
+    /// close to but not identical to a full decode once resized; see [`ReducedScale`]).
+    pub reduced_scale: Option<ReducedScale>,
+}
+
+impl DecodeOptions {
+    /// Full-resolution decoding with these limits.
+    pub fn with_limits(limits: DecodeLimits) -> Self {
+        Self { limits, reduced_scale: None }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
@@ -108,9 +135,15 @@ pub enum DecodeError {
     DecoderPanic(String),
 }
 
-/// Reads and decodes one file. Directories, FIFOs and other non-files are refused without
-/// being opened for reading, so nothing here can block.
+/// Reads and decodes one file at full resolution. Directories, FIFOs and other non-files are
+/// refused without being opened for reading, so nothing here can block.
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+    decode_file_with(path, &DecodeOptions::with_limits(*limits))
+}
+
+/// [`decode_file`] with options (reduced-scale JPEG decoding).
+pub fn decode_file_with(path: &Path, options: &DecodeOptions) -> Result<RgbImage, DecodeError> {
+    let limits = &options.limits;
     let io = |source| DecodeError::Io { path: path.to_path_buf(), source };
     let meta = std::fs::metadata(path).map_err(io)?;
     let kind = meta.file_type();
@@ -133,15 +166,20 @@ pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, Decod
     if bytes.len() as u64 > limits.max_file_bytes {
         return Err(DecodeError::FileTooLarge { bytes: bytes.len() as u64, max_bytes: limits.max_file_bytes });
     }
-    decode_bytes(&bytes, limits)
+    decode_bytes_with(&bytes, options)
 }
 
-/// Decodes an encoded image held in memory.
+/// Decodes an encoded image held in memory, at full resolution.
 pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+    decode_bytes_with(bytes, &DecodeOptions::with_limits(*limits))
+}
+
+/// [`decode_bytes`] with options (reduced-scale JPEG decoding).
+pub fn decode_bytes_with(bytes: &[u8], options: &DecodeOptions) -> Result<RgbImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
-    catch_decoder_panic(|| decode_inner(bytes, limits))
+    catch_decoder_panic(|| decode_inner(bytes, options))
 }
 
 /// Runs `f`, turning a panic inside it into [`DecodeError::DecoderPanic`] (the last line of
@@ -201,17 +239,16 @@ fn rgba_over_white(rgba: &RgbaImage) -> RgbImage {
     out
 }
 
-/// The image formats decoded here (the `image` features enabled in the workspace).
-fn raster_supported(format: ImageFormat) -> bool {
-    matches!(
-        format,
-        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::Tiff
-    )
+/// The formats the `image` crate decodes here (its features enabled in the workspace).
+fn image_crate_decodes(format: ImageFormat) -> bool {
+    matches!(format, ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::Tiff)
 }
 
-fn decode_inner(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+fn decode_inner(bytes: &[u8], options: &DecodeOptions) -> Result<RgbImage, DecodeError> {
+    let limits = &options.limits;
     match image::guess_format(bytes) {
-        Ok(format) if raster_supported(format) => decode_raster(bytes, format, limits),
+        Ok(ImageFormat::Jpeg) => jpeg::decode(bytes, options),
+        Ok(format) if image_crate_decodes(format) => decode_raster(bytes, format, limits),
         Ok(format) => Err(DecodeError::UnsupportedFormat(format_name(format))),
         Err(_) if looks_like_svg(bytes) => render_svg(bytes, limits),
         Err(_) => Err(DecodeError::UnknownFormat),
@@ -241,9 +278,6 @@ fn decode_raster(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Re
     if needed > limits.max_alloc_bytes {
         return Err(DecodeError::AllocLimit { max_alloc_bytes: limits.max_alloc_bytes });
     }
-    if format == ImageFormat::Jpeg {
-        check_jpeg_complete(bytes)?;
-    }
     // A broken EXIF block must not cost the image: no orientation then, like Pillow.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(e, limits))?;
@@ -259,50 +293,6 @@ fn image_error(error: ImageError, limits: &DecodeLimits) -> DecodeError {
             DecodeError::Corrupt("file ends before the image data does".into())
         }
         other => DecodeError::Corrupt(one_line(&other.to_string())),
-    }
-}
-
-/// zune-jpeg fills missing scan data with grey instead of failing, so a JPEG cut short would
-/// decode "successfully" with a grey bottom. Pillow (libjpeg) refuses such files
-/// ("image file is truncated"); so do we: after the first start-of-scan there must be an
-/// end-of-image marker. Marker bytes cannot occur inside entropy-coded data (0xFF is stuffed
-/// as 0xFF00), so a plain search is exact there.
-fn check_jpeg_complete(bytes: &[u8]) -> Result<(), DecodeError> {
-    let truncated = || DecodeError::Corrupt("JPEG file is truncated (no end-of-image marker)".into());
-    // Walk the marker segments up to the first SOS (0xFFDA); they carry their own lengths, so
-    // bytes inside EXIF (thumbnails have their own markers) are skipped correctly.
-    let mut pos = 2; // after SOI
-    loop {
-        // Fill bytes (0xFF repeated) may precede a marker.
-        while pos < bytes.len() && bytes[pos] == 0xFF && bytes.get(pos + 1) == Some(&0xFF) {
-            pos += 1;
-        }
-        if pos + 4 > bytes.len() {
-            return Err(truncated());
-        }
-        if bytes[pos] != 0xFF {
-            return Err(DecodeError::Corrupt("JPEG marker expected".into()));
-        }
-        let marker = bytes[pos + 1];
-        if marker == 0xD9 {
-            return Err(DecodeError::Corrupt("JPEG file has no image data".into()));
-        }
-        if (0xD0..=0xD7).contains(&marker) || marker == 0x01 {
-            pos += 2; // markers without a length
-            continue;
-        }
-        let len = u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]) as usize;
-        if marker == 0xDA {
-            pos += 2 + len;
-            break;
-        }
-        pos += 2 + len;
-    }
-    let scan = bytes.get(pos..).ok_or_else(truncated)?;
-    if scan.windows(2).any(|w| w == [0xFF, 0xD9]) {
-        Ok(())
-    } else {
-        Err(truncated())
     }
 }
 

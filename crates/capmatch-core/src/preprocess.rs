@@ -26,6 +26,8 @@ use fast_image_resize as fr;
 use image::RgbImage;
 use serde_json::Value;
 
+use crate::image_io::ReducedScale;
+
 /// transformers' `OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`, written as transformers writes them
 /// (numpy turns them into these f32 values too).
 #[allow(clippy::excessive_precision)]
@@ -238,6 +240,13 @@ impl ImageProcessor {
             (h, w) = (ch, cw);
         }
         (h as usize, w as usize)
+    }
+
+    /// Reduced-scale JPEG decoding suited to this preprocessing (its resize target, with
+    /// [`ReducedScale::DEFAULT_MARGIN`]); `None` when nothing is resized. For the query path:
+    /// the pixels are close to, not identical with, a full decode (see [`ReducedScale`]).
+    pub fn reduced_scale(&self) -> Option<ReducedScale> {
+        self.resize.map(ReducedScale::for_target)
     }
 
     /// Resizes (if configured) with Pillow's semantics; the 8-bit image before the crop.

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use capmatch_core::image_io::{
-    catch_decoder_panic, decode_bytes, decode_file, is_image_path, to_rgb_over_white, DecodeError, DecodeLimits,
-    SUPPORTED_EXTENSIONS, SVG_MAX_SIDE,
+    catch_decoder_panic, decode_bytes, decode_bytes_with, decode_file, decode_file_with, is_image_path,
+    to_rgb_over_white, DecodeError, DecodeLimits, DecodeOptions, ReducedScale, SUPPORTED_EXTENSIONS, SVG_MAX_SIDE,
 };
+use capmatch_core::preprocess::{ImageProcessor, ResizeTarget};
 use image::RgbImage;
 use serde_json::Value;
 
@@ -115,9 +116,10 @@ fn every_sample_matches_pillow() {
     for format in ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"] {
         assert!(all.iter().any(|s| s.format == format), "no {format} sample");
     }
+    // Everything is held to exact equality (JPEG included) but lossy WebP.
     for s in &all {
-        let lossy = s.format == "JPEG" || s.file.starts_with("webp_lossy");
-        assert_eq!(s.max_abs_diff == 0, !lossy, "{}: tolerance must be zero exactly for lossless files", s.file);
+        let lossy_webp = s.file.starts_with("webp_lossy");
+        assert_eq!(s.max_abs_diff == 0, !lossy_webp, "{}: tolerance must be zero exactly", s.file);
     }
 }
 
@@ -237,6 +239,31 @@ fn truncated_files_of_every_format_are_corrupt() {
             }
         }
     }
+}
+
+#[test]
+fn jpeg_fixtures_cover_what_pillow_decodes_differently() {
+    let all = samples();
+    let jpegs: Vec<&Sample> = all.iter().filter(|s| s.format == "JPEG").collect();
+    let bytes = |s: &Sample| std::fs::read(formats_dir().join(&s.file)).unwrap();
+    // Frame types: baseline (SOF0) and progressive (SOF2).
+    let has_marker = |b: &[u8], m: u8| b.windows(2).any(|w| w == [0xFF, m]);
+    assert!(jpegs.iter().any(|s| has_marker(&bytes(s), 0xC0)));
+    assert!(jpegs.iter().filter(|s| has_marker(&bytes(s), 0xC2)).count() >= 5);
+    // Restart intervals (DRI) and the Adobe YCCK transform (APP14, transform 2).
+    assert!(jpegs.iter().filter(|s| has_marker(&bytes(s), 0xDD)).count() >= 2);
+    let ycck = bytes(&sample("jpeg_photo_ycck.jpg"));
+    let app14 = ycck.windows(2).position(|w| w == [0xFF, 0xEE]).unwrap();
+    assert_eq!(&ycck[app14 + 4..app14 + 9], b"Adobe");
+    assert_eq!(ycck[app14 + 15], 2, "YCCK fixture has Adobe transform 2");
+    // Chroma subsampling of each component in the photo samples: 4:4:4, 4:2:2, 4:2:0.
+    for (file, luma) in [("jpeg_photo_444.jpg", 0x11), ("jpeg_photo_422.jpg", 0x21), ("jpeg_photo_420.jpg", 0x22)] {
+        let b = std::fs::read(formats_dir().join(file)).unwrap();
+        let sof = b.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        assert_eq!((b[sof + 9], b[sof + 11], b[sof + 14]), (3, luma, 0x11), "{file}");
+    }
+    // Every one of them is held to exact equality with Pillow.
+    assert!(jpegs.len() >= 30 && jpegs.iter().all(|s| s.max_abs_diff == 0));
 }
 
 #[test]
@@ -526,4 +553,96 @@ fn indexer_extension_list() {
     assert!(!is_image_path("a.heic"));
     assert!(!is_image_path("a"));
     assert!(!is_image_path(".jpg/readme"));
+}
+
+/// A JPEG of a synthetic scene (gradients, hard edges, a fine stripe pattern) encoded with
+/// libjpeg (through the mozjpeg crate), `width` x `height`, 4:2:0.
+fn synthetic_jpeg(width: usize, height: usize) -> Vec<u8> {
+    let mut pixels = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        for x in 0..width {
+            let stripes = if (x / 3 + y / 5) % 2 == 0 { 40 } else { 0 };
+            let disc = ((x as i64 - 400).pow(2) + (y as i64 - 300).pow(2)) < 200 * 200;
+            pixels.push((x * 255 / width) as u8 / 2 + stripes);
+            pixels.push(if disc { 220 } else { (y * 255 / height) as u8 / 2 });
+            pixels.push(((x + y) % 256) as u8 / 2 + stripes);
+        }
+    }
+    let mut compress = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    compress.set_size(width, height);
+    compress.set_quality(90.0);
+    let mut started = compress.start_compress(Vec::new()).unwrap();
+    started.write_scanlines(&pixels).unwrap();
+    started.finish().unwrap()
+}
+
+fn reduced_for(target: ResizeTarget) -> DecodeOptions {
+    DecodeOptions { reduced_scale: Some(ReducedScale::for_target(target)), ..Default::default() }
+}
+
+#[test]
+fn reduced_scale_leaves_normal_size_images_exact() {
+    // The fixtures are far smaller than any model input: full scale, Pillow's pixels.
+    for target in [ResizeTarget::ShortestEdge(224), ResizeTarget::Exact { height: 384, width: 384 }] {
+        for s in samples().iter().filter(|s| s.format == "JPEG") {
+            let img = decode_file_with(&formats_dir().join(&s.file), &reduced_for(target)).unwrap();
+            assert_eq!(img.as_raw(), &s.reference, "{}", s.file);
+        }
+    }
+}
+
+#[test]
+fn reduced_scale_decodes_huge_jpegs_smaller_and_close_to_a_full_decode() {
+    // 1344 x 1008 against a 40-pixel shortest edge: 1/8 leaves 126 rows, 3.15 times 40.
+    let bytes = synthetic_jpeg(1344, 1008);
+    let target = ResizeTarget::ShortestEdge(40);
+    let full = decode_bytes(&bytes, &DecodeLimits::default()).unwrap();
+    let reduced = decode_bytes_with(&bytes, &reduced_for(target)).unwrap();
+    assert_eq!(full.dimensions(), (1344, 1008));
+    assert_eq!(reduced.dimensions(), (168, 126));
+    // The model input (resize + crop, in 8-bit values) barely moves.
+    let processor = ImageProcessor {
+        resize: Some(target),
+        center_crop: Some((40, 40)),
+        rescale_factor: None,
+        normalize: None,
+        ..ImageProcessor::clip_default()
+    };
+    let (a, b) = (processor.preprocess(&full).unwrap(), processor.preprocess(&reduced).unwrap());
+    let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+    assert!(max <= 16.0 && mean <= 1.0, "max {max}, mean {mean}");
+    assert!(max > 0.0, "a reduced decode is not expected to be exact");
+    // Larger targets get larger scales: 1/4 for 80, 1/2 for 160, full size for 224.
+    for (edge, size) in [(80, (336, 252)), (160, (672, 504)), (224, (1344, 1008))] {
+        let img = decode_bytes_with(&bytes, &reduced_for(ResizeTarget::ShortestEdge(edge))).unwrap();
+        assert_eq!(img.dimensions(), size, "shortest edge {edge}");
+    }
+    // The preprocessor says which reduction suits it.
+    assert_eq!(ImageProcessor::clip_default().reduced_scale(), Some(ReducedScale::for_target(ResizeTarget::ShortestEdge(224))));
+}
+
+#[test]
+fn reduced_scale_needs_sides_the_scale_divides() {
+    // 1343 wide: no scale divides it, so a reduced decode is the full decode, exactly.
+    let bytes = synthetic_jpeg(1343, 1008);
+    let reduced = decode_bytes_with(&bytes, &reduced_for(ResizeTarget::ShortestEdge(40))).unwrap();
+    assert_eq!(reduced, decode_bytes(&bytes, &DecodeLimits::default()).unwrap());
+    // 1346 is even: 1/2.
+    let bytes = synthetic_jpeg(1346, 1008);
+    let reduced = decode_bytes_with(&bytes, &reduced_for(ResizeTarget::ShortestEdge(40))).unwrap();
+    assert_eq!(reduced.dimensions(), (673, 504));
+}
+
+#[test]
+fn reduced_scale_keeps_every_guard() {
+    let bytes = synthetic_jpeg(1344, 1008);
+    let options = reduced_for(ResizeTarget::ShortestEdge(40));
+    // Cut files are still refused, at any scale.
+    for cut in [bytes.len() / 2, bytes.len() - 2] {
+        assert!(matches!(decode_bytes_with(&bytes[..cut], &options), Err(DecodeError::Corrupt(_))), "cut to {cut}");
+    }
+    // The pixel limit applies to the stored size, whatever the scale.
+    let limited = DecodeOptions { limits: DecodeLimits::with_max_pixels(1344 * 1008 - 1), ..options };
+    assert!(matches!(decode_bytes_with(&bytes, &limited), Err(DecodeError::TooLarge { width: 1344, height: 1008, .. })));
 }

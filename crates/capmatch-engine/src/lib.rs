@@ -38,7 +38,7 @@ use capmatch_core::image_io::DecodeLimits;
 use capmatch_core::Device;
 pub use capmatch_store::{ImageEntry, ImageId, ModelIdentity, VectorRecord};
 
-pub use capmatch_retrieval::Mode;
+pub use capmatch_retrieval::{self as retrieval, Mode};
 pub use capmatch_store::{self as store, CatalogSummary, IndexStats};
 pub use batching::{BatchConfig, BatchStats, SearchBatcher};
 pub use check::{CheckReport, Problem};
@@ -202,10 +202,10 @@ impl Engine {
         self.require_writer()?;
         let models = self.models()?;
         let stored = indexing::uploads::store_uploads(self.db(), uploads, &self.limits)?;
-        // The same bytes uploaded twice (in one call) are one stored file: index it once.
-        let mut seen = std::collections::HashSet::new();
-        let candidates: Vec<_> =
-            stored.iter().filter_map(|s| s.as_ref().ok()).filter(|c| seen.insert(c.path.as_str())).cloned().collect();
+        let mut candidates: Vec<_> = stored.iter().filter_map(|s| s.as_ref().ok().cloned()).collect();
+        // The same bytes uploaded twice are one stored file.
+        candidates.sort_by(|a, b| a.path.cmp(&b.path));
+        candidates.dedup_by(|a, b| a.path == b.path);
         let mut options = IndexOptions::new(Vec::new());
         options.batch_size = batch_size.max(1);
         options.limits = self.limits;

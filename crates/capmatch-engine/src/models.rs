@@ -111,36 +111,6 @@ pub trait GalleryModels: Send + Sync {
     fn embed_images(&self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<f32>>>;
 }
 
-impl<T: GalleryModels + ?Sized> GalleryModels for Box<T> {
-    fn identity(&self) -> ModelIdentity {
-        (**self).identity()
-    }
-    fn caption(&self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<String>>> {
-        (**self).caption(images)
-    }
-    fn embed_texts(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
-        (**self).embed_texts(texts)
-    }
-    fn embed_images(&self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<f32>>> {
-        (**self).embed_images(images)
-    }
-}
-
-impl<T: GalleryModels + ?Sized> GalleryModels for std::sync::Arc<T> {
-    fn identity(&self) -> ModelIdentity {
-        (**self).identity()
-    }
-    fn caption(&self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<String>>> {
-        (**self).caption(images)
-    }
-    fn embed_texts(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
-        (**self).embed_texts(texts)
-    }
-    fn embed_images(&self, images: &[RgbImage]) -> anyhow::Result<Vec<Vec<f32>>> {
-        (**self).embed_images(images)
-    }
-}
-
 /// What a captioner runs with unless told otherwise: BLIP in f32 with "a picture of",
 /// BLIP-2 with bf16 weights and no prompt (its weights are billions of parameters).
 pub fn captioner_settings(checkpoint: &Checkpoint, dtype: Option<Dtype>, prompt: Option<&str>) -> Result<(Dtype, String)> {

@@ -102,7 +102,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         modes: plan.modes.clone(),
         ks: plan.ks.clone(),
         weight: args.weight,
-        normalize: true,
+        // The index stores vectors normalised once (capmatch_retrieval::normalize): scoring them
+        // as they are keeps the evaluation bit-for-bit the ranking a search gives.
+        normalize: false,
         block_rows: None,
     };
     let total = capmatch_eval::total_queries(&items, &config.domains);

@@ -1,5 +1,6 @@
-//! The kernel on AVX2 + FMA: the 16 lanes as two ymm registers per accumulator, tiles of
-//! 2 queries × 3 rows (12 accumulator registers of 16).
+//! The kernel on AVX2 + FMA: the 16 lanes as two ymm registers (low and high half) per
+//! accumulator; tiles of 1 query × 4 rows or 2 queries × 2 rows, so that accumulators,
+//! query halves and row halves fit the 16 ymm registers without spilling.
 
 use std::arch::x86_64::*;
 
@@ -12,70 +13,99 @@ pub(super) fn dots(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dots_avx2(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
     let (m, n) = (queries.len() / dim, rows.len() / dim);
-    let mut q0 = 0;
-    while q0 < m {
-        match m - q0 {
-            1 => tile::<1, 4>(queries, rows, dim, q0, out, n),
-            _ => tile::<2, 3>(queries, rows, dim, q0, out, n),
-        }
-        q0 += (m - q0).min(2);
-    }
-}
-
-/// Loads 8 floats at `p + off`, zero past `len`.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn load8(p: *const f32, off: usize, len: usize) -> __m256 {
-    if off + 8 <= len {
-        _mm256_loadu_ps(p.add(off))
-    } else {
-        let mut buf = [0.0f32; 8];
-        for (l, b) in buf.iter_mut().enumerate() {
-            if off + l < len {
-                *b = *p.add(off + l);
-            }
-        }
-        _mm256_loadu_ps(buf.as_ptr())
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const Q: usize, const R: usize>(queries: &[f32], rows: &[f32], dim: usize, q0: usize, out: &mut [f32], n: usize) {
-    let chunks = dim.div_ceil(16);
-    let qp = queries.as_ptr();
-    let rp = rows.as_ptr();
+    // A partial last chunk is computed from zero-padded copies (as a masked load would give).
+    let tail = dim % 16;
+    // Rows in blocks that stay in the L2 cache while every query passes over them.
+    let block = (ROW_BLOCK_BYTES / (dim * 4)).max(4);
     let mut r0 = 0;
     while r0 < n {
-        let real = (n - r0).min(R);
+        let r1 = (r0 + block).min(n);
+        let mut q0 = 0;
+        while q0 < m {
+            if m - q0 >= 2 {
+                tile::<2, 2>(queries, rows, dim, q0, r0..r1, out, n, tail);
+                q0 += 2;
+            } else {
+                tile::<1, 4>(queries, rows, dim, q0, r0..r1, out, n, tail);
+                q0 += 1;
+            }
+        }
+        r0 = r1;
+    }
+}
+
+/// Bytes of gallery rows scored by every query before moving on.
+const ROW_BLOCK_BYTES: usize = 128 * 1024;
+
+#[inline(always)]
+unsafe fn padded(src: *const f32, len: usize) -> [f32; 16] {
+    let mut buf = [0.0f32; 16];
+    std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len);
+    buf
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile<const Q: usize, const R: usize>(
+    queries: &[f32],
+    rows: &[f32],
+    dim: usize,
+    q0: usize,
+    row_range: std::ops::Range<usize>,
+    out: &mut [f32],
+    n: usize,
+    tail: usize,
+) {
+    let full = dim / 16;
+    let qp = queries.as_ptr();
+    let rp = rows.as_ptr();
+    let mut q_ptr = [qp; Q];
+    for (i, p) in q_ptr.iter_mut().enumerate() {
+        *p = qp.add((q0 + i) * dim);
+    }
+    let (mut r0, end) = (row_range.start, row_range.end);
+    while r0 < end {
+        let real = (end - r0).min(R);
         let mut row_ptr = [rp; R];
         for (j, p) in row_ptr.iter_mut().enumerate() {
             *p = rp.add((r0 + j.min(real - 1)) * dim);
         }
-        let mut q_ptr = [qp; Q];
-        for (i, p) in q_ptr.iter_mut().enumerate() {
-            *p = qp.add((q0 + i) * dim);
-        }
-        // acc[i][j][0] holds lanes 0..8, acc[i][j][1] lanes 8..16.
-        let mut acc = [[[_mm256_setzero_ps(); 2]; R]; Q];
-        for c in 0..chunks {
-            for h in 0..2 {
-                let off = c * 16 + h * 8;
-                let mut qv = [_mm256_setzero_ps(); Q];
+        let mut lo = [[_mm256_setzero_ps(); R]; Q];
+        let mut hi = [[_mm256_setzero_ps(); R]; Q];
+        for c in 0..full {
+            let off = c * 16;
+            let mut qlo = [_mm256_setzero_ps(); Q];
+            let mut qhi = [_mm256_setzero_ps(); Q];
+            for i in 0..Q {
+                qlo[i] = _mm256_loadu_ps(q_ptr[i].add(off));
+                qhi[i] = _mm256_loadu_ps(q_ptr[i].add(off + 8));
+            }
+            for j in 0..R {
+                let rlo = _mm256_loadu_ps(row_ptr[j].add(off));
+                let rhi = _mm256_loadu_ps(row_ptr[j].add(off + 8));
                 for i in 0..Q {
-                    qv[i] = load8(q_ptr[i], off, dim);
+                    lo[i][j] = _mm256_fmadd_ps(qlo[i], rlo, lo[i][j]);
+                    hi[i][j] = _mm256_fmadd_ps(qhi[i], rhi, hi[i][j]);
                 }
+            }
+        }
+        if tail > 0 {
+            let off = full * 16;
+            for i in 0..Q {
+                let qb = padded(q_ptr[i].add(off), tail);
+                let (qlo, qhi) = (_mm256_loadu_ps(qb.as_ptr()), _mm256_loadu_ps(qb.as_ptr().add(8)));
                 for j in 0..R {
-                    let rv = load8(row_ptr[j], off, dim);
-                    for i in 0..Q {
-                        acc[i][j][h] = _mm256_fmadd_ps(qv[i], rv, acc[i][j][h]);
-                    }
+                    let rb = padded(row_ptr[j].add(off), tail);
+                    let (rlo, rhi) = (_mm256_loadu_ps(rb.as_ptr()), _mm256_loadu_ps(rb.as_ptr().add(8)));
+                    lo[i][j] = _mm256_fmadd_ps(qlo, rlo, lo[i][j]);
+                    hi[i][j] = _mm256_fmadd_ps(qhi, rhi, hi[i][j]);
                 }
             }
         }
         for i in 0..Q {
             let dst = out.as_mut_ptr().add((q0 + i) * n + r0);
             for j in 0..real {
-                *dst.add(j) = reduce(acc[i][j][0], acc[i][j][1]);
+                *dst.add(j) = reduce(lo[i][j], hi[i][j]);
             }
         }
         r0 += R;

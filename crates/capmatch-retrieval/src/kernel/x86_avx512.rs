@@ -14,30 +14,48 @@ pub(super) fn dots(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn dots_avx512(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
     let (m, n) = (queries.len() / dim, rows.len() / dim);
-    let mut q0 = 0;
-    while q0 < m {
-        match m - q0 {
-            1 => tile::<1, 8>(queries, rows, dim, q0, out, n),
-            2 => tile::<2, 6>(queries, rows, dim, q0, out, n),
-            3 => tile::<3, 6>(queries, rows, dim, q0, out, n),
-            _ => tile::<4, 6>(queries, rows, dim, q0, out, n),
+    // Rows in blocks that stay in the L2 cache while every query passes over them.
+    let block = (ROW_BLOCK_BYTES / (dim * 4)).max(8);
+    let mut r0 = 0;
+    while r0 < n {
+        let r1 = (r0 + block).min(n);
+        let mut q0 = 0;
+        while q0 < m {
+            match m - q0 {
+                1 => tile::<1, 8>(queries, rows, dim, q0, r0..r1, out, n),
+                2 => tile::<2, 6>(queries, rows, dim, q0, r0..r1, out, n),
+                3 => tile::<3, 6>(queries, rows, dim, q0, r0..r1, out, n),
+                _ => tile::<4, 6>(queries, rows, dim, q0, r0..r1, out, n),
+            }
+            q0 += (m - q0).min(4);
         }
-        q0 += (m - q0).min(4);
+        r0 = r1;
     }
 }
+
+/// Bytes of gallery rows scored by every query before moving on.
+const ROW_BLOCK_BYTES: usize = 128 * 1024;
 
 /// Queries `q0..q0 + Q` against every row, `R` rows at a time. A last, partial group of rows
 /// reuses its last row in the spare slots and stores only the real results.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const Q: usize, const R: usize>(queries: &[f32], rows: &[f32], dim: usize, q0: usize, out: &mut [f32], n: usize) {
+unsafe fn tile<const Q: usize, const R: usize>(
+    queries: &[f32],
+    rows: &[f32],
+    dim: usize,
+    q0: usize,
+    row_range: std::ops::Range<usize>,
+    out: &mut [f32],
+    n: usize,
+) {
     let full = dim / 16;
     let tail = dim % 16;
     let tail_mask: __mmask16 = ((1u32 << tail) - 1) as __mmask16;
     let qp = queries.as_ptr();
     let rp = rows.as_ptr();
-    let mut r0 = 0;
-    while r0 < n {
-        let real = (n - r0).min(R);
+    let (mut r0, end) = (row_range.start, row_range.end);
+    while r0 < end {
+        let real = (end - r0).min(R);
         let mut row_ptr = [rp; R];
         for (j, p) in row_ptr.iter_mut().enumerate() {
             *p = rp.add((r0 + j.min(real - 1)) * dim);

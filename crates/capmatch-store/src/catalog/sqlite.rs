@@ -181,6 +181,17 @@ impl SqliteCatalog {
         Ok(())
     }
 
+    /// The one indexed file matching `condition` on `param`.
+    fn entry_where(&self, condition: &str, param: impl rusqlite::ToSql) -> Result<Option<ImageEntry>> {
+        self.require_current()?;
+        let mut stmt = self.conn.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} WHERE {condition}"))?;
+        let mut rows = stmt.query([param])?;
+        match rows.next()? {
+            Some(r) => entry_from_row(&self.path, r).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
@@ -508,27 +519,11 @@ impl Catalog for SqliteCatalog {
     }
 
     fn entries(&self, ids: &[ImageId]) -> Result<Vec<Option<ImageEntry>>> {
-        self.require_current()?;
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} WHERE f.id = ?1"))?;
-        ids.iter()
-            .map(|id| {
-                let mut rows = stmt.query([id.to_sql()])?;
-                match rows.next()? {
-                    Some(r) => entry_from_row(&self.path, r).map(Some),
-                    None => Ok(None),
-                }
-            })
-            .collect()
+        ids.iter().map(|id| self.entry_where("f.id = ?1", id.to_sql())).collect()
     }
 
     fn entry_by_path(&self, path: &str) -> Result<Option<ImageEntry>> {
-        self.require_current()?;
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} WHERE f.path = ?1"))?;
-        let mut rows = stmt.query([path])?;
-        match rows.next()? {
-            Some(r) => entry_from_row(&self.path, r).map(Some),
-            None => Ok(None),
-        }
+        self.entry_where("f.path = ?1", path)
     }
 
     fn ids(&self) -> Result<Vec<(ImageId, String)>> {
