@@ -38,6 +38,8 @@ enum Command {
     /// Report the similarity structure of an index: copies, cross-domain matches, clusters,
     /// outliers, and matches against a reference domain or folder.
     Inspect(InspectArgs),
+    /// Serve the gallery over HTTP: a search page and a JSON API.
+    Serve(ServeArgs),
 }
 
 /// Numeric precision the models run in.
@@ -388,6 +390,59 @@ pub struct EvalArgs {
     pub models: GalleryModelArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    /// Address to listen on (127.0.0.1: this machine only).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 7860)]
+    pub port: u16,
+    /// File holding the bearer token that enables uploads and index jobs (read-only
+    /// without it; the gallery is then opened for searching only).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Largest request body (an upload, a query image), in MiB.
+    #[arg(long, default_value_t = 20)]
+    pub max_upload_mb: usize,
+    /// Folder that `POST /api/index` may index, with its subfolders (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub allow_index_root: Vec<PathBuf>,
+    /// Origin allowed to call the API from a web page elsewhere (repeatable; default: none).
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors: Vec<String>,
+    /// A static folder (the inspection report) served at /inspect.
+    #[arg(long, value_name = "DIR")]
+    pub inspect_dir: Option<PathBuf>,
+    /// CLIP checkpoint [default: the one the index was built with].
+    #[arg(long, env = "CAPMATCH_CLIP")]
+    pub clip: Option<String>,
+    /// Captioner checkpoint, for uploads and index jobs [default: the index's].
+    #[arg(long, env = "CAPMATCH_CAPTIONER")]
+    pub captioner: Option<String>,
+    /// Caption prompt for new images [default: the index's].
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Model precision [default: f32; BLIP-2 captioner weights bf16].
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// Images per model batch in uploads and index jobs.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Most concurrent searches embedded together.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// Longest a search waits for others to join its batch, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Longest a request may take, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub request_timeout: u64,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     commands::init_logging();
@@ -400,6 +455,7 @@ fn main() -> ExitCode {
         Command::Ann(command) => commands::ann::run(command),
         Command::Eval(args) => commands::eval::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@
 //!   ([`Engine::score_pairs`]), for the inspection report;
 //! - the approximate index that searches use past a million images: built, kept up to date
 //!   and tuned for a measured recall ([`ann`]);
+//! - dynamic batching of concurrent searches ([`SearchBatcher`], for servers);
 //! - one error type, [`EngineError`], whose [`ErrorKind`] a CLI maps to an exit code and a
 //!   server to an HTTP status.
 //!
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ann;
+pub mod batching;
 pub mod check;
 pub mod error;
 pub mod indexing;
@@ -46,6 +48,7 @@ use capmatch_store::VectorIndex;
 pub use capmatch_retrieval::{self as retrieval, Mode};
 pub use capmatch_store::{self as store, Among, CatalogSummary, GraphProgress, IndexStats, NeighbourQuery, Neighbours, NoProgress};
 pub use ann::{AnnState, AnnStatus};
+pub use batching::{BatchConfig, BatchStats, SearchBatcher};
 pub use check::{CheckReport, Problem};
 pub use error::{EngineError, ErrorKind, Result};
 pub use indexing::uploads::{uploads_dir, Upload, UploadOutcome};
@@ -263,11 +266,13 @@ impl Engine {
         let mut out = Vec::with_capacity(uploads.len());
         for (upload, stored) in uploads.iter().zip(stored) {
             out.push(match stored {
-                Err(reason) => UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason) },
+                Err(e) => {
+                    UploadOutcome { name: upload.name.clone(), id: None, error: Some(e.to_string()), error_kind: Some(e.kind()) }
+                }
                 Ok(c) => {
                     let catalog = self.storage.catalog();
                     match catalog.entry_by_path(&c.path)? {
-                        Some(e) => UploadOutcome { name: upload.name.clone(), id: Some(e.id), error: None },
+                        Some(e) => UploadOutcome { name: upload.name.clone(), id: Some(e.id), error: None, error_kind: None },
                         None => {
                             let reason = catalog
                                 .tracked_files()?
@@ -275,7 +280,7 @@ impl Engine {
                                 .find(|t| t.path == c.path)
                                 .and_then(|t| t.skipped)
                                 .unwrap_or_else(|| "not indexed".into());
-                            UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason) }
+                            UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason), error_kind: None }
                         }
                     }
                 }

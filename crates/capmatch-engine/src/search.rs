@@ -168,6 +168,29 @@ impl Engine {
         Ok(out)
     }
 
+    /// Checks a request and decodes its query image, if any (to [`Query::Image`]): what can
+    /// fail because of one request alone, done before it joins a batch (see `batching`).
+    pub(crate) fn prepared(&self, mut request: SearchRequest) -> Result<SearchRequest> {
+        validate(&request)?;
+        if let Some(image) = self.decoded(&request.query)? {
+            request.query = Query::Image(image);
+        }
+        Ok(request)
+    }
+
+    /// The image of a query given as an encoded file (bytes or a path); `None` for others.
+    fn decoded(&self, query: &Query) -> Result<Option<RgbImage>> {
+        Ok(Some(match query {
+            Query::ImageBytes { name, bytes } => {
+                decode_bytes(bytes, &self.limits).map_err(|e| EngineError::Image { name: Some(name.clone()), source: e })?
+            }
+            Query::ImagePath(p) => {
+                decode_file(p, &self.limits).map_err(|e| EngineError::Image { name: Some(p.display().to_string()), source: e })?
+            }
+            _ => return Ok(None),
+        }))
+    }
+
     /// The query vectors of each request (one or more rows), normalised. Texts are embedded
     /// in one batch and images in another.
     fn query_vectors(&self, requests: &[SearchRequest]) -> Result<Vec<Vec<f32>>> {
@@ -178,15 +201,9 @@ impl Engine {
         for (i, r) in requests.iter().enumerate() {
             match &r.query {
                 Query::Text(t) => texts.push((i, t.as_str())),
-                Query::ImageBytes { name, bytes } => images.push((
-                    i,
-                    decode_bytes(bytes, &self.limits).map_err(|e| EngineError::Image { name: Some(name.clone()), source: e })?,
-                )),
-                Query::ImagePath(p) => images.push((
-                    i,
-                    decode_file(p, &self.limits)
-                        .map_err(|e| EngineError::Image { name: Some(p.display().to_string()), source: e })?,
-                )),
+                Query::ImageBytes { .. } | Query::ImagePath(_) => {
+                    images.push((i, self.decoded(&r.query)?.expect("an encoded image query")))
+                }
                 Query::Image(img) => images.push((i, img.clone())),
                 Query::Vector(v) => {
                     let d = dim.ok_or_else(|| EngineError::EmptyIndex(self.storage.db().display().to_string()))?;

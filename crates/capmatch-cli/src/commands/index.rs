@@ -27,6 +27,7 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         limits: DecodeLimits { max_pixels: args.max_pixels, ..Default::default() },
         prune: args.prune,
         decode_threads: 0,
+        cancel: None,
     };
     let progress = Progress::new();
     let report = engine.index_folders(&options, &progress)?;

@@ -9,6 +9,7 @@ pub mod info;
 pub mod inspect;
 pub mod models;
 pub mod search;
+pub mod serve;
 
 /// Logs go to stderr; `RUST_LOG` overrides the default `warn` level for dependencies.
 pub fn init_logging() {
