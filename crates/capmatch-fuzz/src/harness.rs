@@ -60,9 +60,18 @@ pub fn limit_memory(bytes: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// An error's kind for corpus feedback: its text without numbers and paths, first 80 chars.
+/// An error's kind for corpus feedback: its words, without numbers, paths and quoted
+/// values (a temporary folder's name or an offset must not make every error new), first 80
+/// chars.
 fn error_class(e: &anyhow::Error) -> u64 {
-    let text: String = format!("{e:#}").chars().filter(|c| !c.is_ascii_digit()).take(80).collect();
+    let text: String = format!("{e:#}")
+        .split_whitespace()
+        .filter(|w| !w.contains(['/', '"', '\'', '`']) && !w.chars().any(|c| c.is_ascii_digit()))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(80)
+        .collect();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
