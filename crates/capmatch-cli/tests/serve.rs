@@ -2,6 +2,8 @@
 //! SIGTERM during an index job lets the running batch commit and exits cleanly; SIGKILL
 //! loses at most the uncommitted batch, and the next run finishes the folder.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -10,23 +12,11 @@ use std::time::{Duration, Instant};
 
 use capmatch_core::image_io::{decode_file, DecodeLimits};
 use capmatch_engine::{Engine, QueryModels};
+use common::{model_args, workspace};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "serve-test-token-0123456789";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn model_args() -> Vec<String> {
-    let ws = workspace();
-    vec![
-        "--clip".into(),
-        ws.join("fixtures/clip/tiny-quickgelu-p32").display().to_string(),
-        "--captioner".into(),
-        ws.join("fixtures/blip/tiny-a").display().to_string(),
-    ]
-}
 
 /// `n` distinct PNG files made from the real fixtures.
 fn write_images(dir: &Path, n: usize) {
