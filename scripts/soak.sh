@@ -46,6 +46,7 @@ echo "soak: an uninterrupted run over every file takes $full_ms ms" >&2
 
 # The gallery grows in ten steps while it is being killed, so that runs keep finding new
 # work (a gallery already complete would only be killed while planning).
+add() { [ -e "$work/images/gallery/$(basename "$1")" ] || cp "$1" "$work/images/gallery/"; }
 RANDOM=42
 killed=0
 step=$(( (kills + 9) / 10 ))
@@ -53,20 +54,23 @@ for i in $(seq 1 "$kills"); do
   if [ $(( (i - 1) % step )) -eq 0 ]; then
     part=$(( (i - 1) / step + 1 ))
     upto=$(( ${#all[@]} * part / 10 ))
-    for f in "${all[@]:0:$upto}"; do cp -n "$f" "$work/images/gallery/"; done
+    for f in "${all[@]:0:$upto}"; do add "$f"; done
   fi
   $bin index "$work/images/gallery" --db "$work/killed.db" "${models[@]}" --batch 4 >/dev/null 2>&1 &
   pid=$!
   # A random moment within a tenth to the whole of a full run's time.
   sleep "$(awk -v r=$RANDOM -v t="$full_ms" 'BEGIN { printf "%.3f", (0.1 + 0.9 * r / 32767) * t / 1000 / 3 }')"
-  if kill -9 "$pid" 2>/dev/null; then killed=$((killed + 1)); fi
+  # (A run that already finished is a zombie until waited for: not counted as killed.)
+  if [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] && kill -9 "$pid" 2>/dev/null; then
+    killed=$((killed + 1))
+  fi
   wait "$pid" 2>/dev/null || true
   if [ $((i % 25)) -eq 0 ]; then
     $bin info --db "$work/killed.db" --check >/dev/null 2>&1 || { echo "soak: info --check failed after kill $i" >&2; $bin info --db "$work/killed.db" --check; exit 1; }
   fi
 done
 echo "soak: $killed of $kills runs were killed mid-way" >&2
-cp -n "${all[@]}" "$work/images/gallery/"
+for f in "${all[@]}"; do add "$f"; done
 $bin index "$work/images/gallery" --db "$work/reference.db" "${models[@]}" --batch 4 >/dev/null 2>&1
 $bin index "$work/images/gallery" --db "$work/killed.db" "${models[@]}" --batch 4 >/dev/null 2>&1
 target/release/examples/soak_check "$work/killed.db" "$work/reference.db"
