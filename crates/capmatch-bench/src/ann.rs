@@ -397,7 +397,7 @@ fn report(args: &AnnArgs, rows: &[Value]) -> String {
             f["ef_search"],
         );
     }
-    s += "\nTuning (`capmatch ann tune --target-recall ");
+    s += "\nTuning (`capmatch ann tune --target-recall ";
     s += &format!("{}`, 200 gallery images as queries): ", args.target_recall);
     let curves: Vec<String> = rows
         .iter()

@@ -588,6 +588,17 @@ impl VectorIndex for AnnIndex {
         self.exact.dim()
     }
 
+    /// The exact index's blockwise graph: every row is exact (inspection counts pairs and
+    /// clusters from it, where a missed neighbour would be a missed copy), and the blockwise
+    /// screen is faster than one approximate search per image at the sizes inspect runs.
+    fn neighbours(
+        &self,
+        query: &crate::vector_index::NeighbourQuery<'_>,
+        progress: &dyn crate::vector_index::GraphProgress,
+    ) -> Result<Vec<crate::vector_index::Neighbours>> {
+        self.exact.neighbours(query, progress)
+    }
+
     /// Exact, from the vectors: given pairs need no candidates.
     fn score_pairs(&self, pairs: &[(ImageId, ImageId)]) -> Result<Vec<Option<capmatch_retrieval::ComponentScores>>> {
         self.exact.score_pairs(pairs)
