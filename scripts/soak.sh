@@ -26,8 +26,9 @@ fi
 rm -rf "$work/images" "$work"/*.db "$work"/*.db.*
 mkdir -p "$work/images/all" "$work/images/gallery"
 if [ -d "$work/real/tuxpaint" ]; then
-  find "$work/real/tuxpaint" -type f \( -name '*.png' -o -name '*.svg' \) | sort | head -n "$count" |
-    while read -r f; do cp "$f" "$work/images/all/$(echo "$f" | md5sum | cut -c1-8)-$(basename "$f")"; done
+  # (No `| head`: under pipefail its early exit would fail the pipeline with SIGPIPE.)
+  mapfile -t real < <(find "$work/real/tuxpaint" -type f \( -name '*.png' -o -name '*.svg' \) | sort)
+  for f in "${real[@]:0:$count}"; do cp "$f" "$work/images/all/$(echo "$f" | md5sum | cut -c1-8)-$(basename "$f")"; done
 else
   echo "soak: no real image folder; using the fixture images" >&2
   cp fixtures/images/real/*.png fixtures/images/formats/*.{png,jpg,gif,bmp,webp,tif,svg} "$work/images/all/" 2>/dev/null || true
@@ -58,8 +59,9 @@ for i in $(seq 1 "$kills"); do
   fi
   $bin index "$work/images/gallery" --db "$work/killed.db" "${models[@]}" --batch 4 >/dev/null 2>&1 &
   pid=$!
-  # A random moment within a tenth to the whole of a full run's time.
-  sleep "$(awk -v r=$RANDOM -v t="$full_ms" 'BEGIN { printf "%.3f", (0.1 + 0.9 * r / 32767) * t / 1000 / 3 }')"
+  # A random moment of a run that indexes about a tenth of the files (each step adds a
+  # tenth): start-up plus a tenth of a full run.
+  sleep "$(awk -v r=$RANDOM -v t="$full_ms" 'BEGIN { printf "%.3f", (r / 32767) * (t / 10 + 300) / 1000 }')"
   # (A run that already finished is a zombie until waited for: not counted as killed.)
   if [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] && kill -9 "$pid" 2>/dev/null; then
     killed=$((killed + 1))

@@ -53,8 +53,9 @@ fn main() -> anyhow::Result<()> {
     if summary.files != fa.len() as u64 {
         problems.push(format!("the catalog counts {} files but lists {}", summary.files, fa.len()));
     }
-    if a.len()? != summary.images as usize {
-        problems.push(format!("{} vector records for {} distinct images", a.len()?, summary.images));
+    // One vector record per indexed file (files with identical bytes share captions, not ids).
+    if a.len()? != fa.len() {
+        problems.push(format!("{} vector records for {} indexed files", a.len()?, fa.len()));
     }
     let mut compared = 0;
     for (path, id_a) in &fa {
