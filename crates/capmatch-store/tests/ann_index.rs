@@ -179,7 +179,7 @@ fn near(rng: &mut Rng, centre: &[f32]) -> Vec<f32> {
 fn clustered(n: usize, dim: usize, queries: usize, seed: u64) -> (Vec<VectorRecord>, Vec<Vec<f32>>) {
     let mut rng = Rng(seed | 1);
     let centres: Vec<Vec<f32>> = (0..(n / 100).max(1)).map(|_| rng.unit(dim)).collect();
-    let mut pick = |rng: &mut Rng| centres[(rng.next() % centres.len() as u64) as usize].clone();
+    let pick = |rng: &mut Rng| centres[(rng.next() % centres.len() as u64) as usize].clone();
     let records = (0..n)
         .map(|i| {
             let centre = pick(&mut rng);
