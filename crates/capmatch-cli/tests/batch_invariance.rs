@@ -3,25 +3,22 @@
 //! identical captions for every file (so a benchmark's ties are ordered by the documented
 //! gallery order, not by float noise).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use capmatch_engine::{Engine, QueryModels};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
+use common::{model_args, workspace};
 
 fn index(gallery: &Path, db: &Path, batch: usize) {
-    let ws = workspace();
     let out = Command::new(env!("CARGO_BIN_EXE_capmatch"))
         .arg("index")
         .arg(gallery)
         .arg("--db")
         .arg(db)
-        .args(["--clip", &ws.join("fixtures/clip/tiny-quickgelu-p32").display().to_string()])
-        .args(["--captioner", &ws.join("fixtures/blip/tiny-a").display().to_string()])
+        .args(model_args())
         .args(["--batch", &batch.to_string()])
         .output()
         .unwrap();
