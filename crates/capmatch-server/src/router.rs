@@ -66,6 +66,7 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
     };
     let mut app = app
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.settings().max_upload_bytes, refuse_oversized))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::record))
         .layer(DefaultBodyLimit::max(state.settings().max_upload_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, options.request_timeout))
@@ -79,6 +80,46 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
         );
     }
     app.with_state(state)
+}
+
+/// Largest oversized body read to its end before the 413 is sent.
+const DRAIN_AT_MOST: u64 = 64 << 20;
+
+/// Answers 413 to a request whose declared length is over the upload limit, before any
+/// handler runs, and reads the body it will not use first (up to [`DRAIN_AT_MOST`]). A
+/// server that answers and closes while the client is still sending makes the client's
+/// next write fail (a broken pipe, or a reset that discards the answer), so a user
+/// uploading a too-large photo would see a connection error instead of the reason.
+/// Larger bodies are not read: the answer says to close the connection. Bodies of no
+/// declared length are cut by `DefaultBodyLimit` as they are read.
+async fn refuse_oversized(State(limit): State<usize>, request: Request, next: axum::middleware::Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(length) = declared.filter(|&n| n > limit as u64) else {
+        return next.run(request).await;
+    };
+    let error = ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is {length} bytes, over this server's limit of {limit} bytes (--max-upload-mb)"),
+    );
+    if length > DRAIN_AT_MOST {
+        let mut response = error.into_response();
+        response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    let mut body = request.into_body();
+    use http_body_util::BodyExt;
+    let mut read = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        read += frame.data_ref().map_or(0, |d| d.len() as u64);
+        if read > DRAIN_AT_MOST {
+            break;
+        }
+    }
+    error.into_response()
 }
 
 async fn not_found() -> ApiError {
