@@ -166,13 +166,16 @@ mod tests {
         all
     }
 
-    /// Every dense path against a scalar reference, on sizes that exercise the edges: odd k,
-    /// k over one 256-deep pass, n not a multiple of 48, 64 or 16, m not a multiple of the
-    /// tile heights, with and without the residual accumulation.
+    /// Sizes that exercise the kernels' edges: odd k, k over one 256-deep pass, n not a
+    /// multiple of 48, 64 or 16, m not a multiple of the tile heights.
+    const DENSE_CASES: [(usize, usize, usize); 9] =
+        [(13, 7, 40), (8, 64, 48), (21, 33, 100), (1, 2, 1), (3, 100, 70), (17, 40, 33), (9, 600, 50), (40, 300, 97), (11, 1100, 60)];
+
+    /// Every dense path against a scalar reference that rounds as that path does, with and
+    /// without the residual accumulation.
     #[test]
     fn dense_matches_scalar_reference() {
-        let cases = [(13, 7, 40), (8, 64, 48), (21, 33, 100), (1, 2, 1), (3, 100, 70), (17, 40, 33), (9, 600, 50), (40, 300, 97), (11, 1100, 60)];
-        for (m, k, n) in cases {
+        for (m, k, n) in DENSE_CASES {
             let (x, w, b, r) = (values(m * k, 1), values(n * k, 2), values(n, 3), values(m * n, 4));
             for (name, dense, bf16) in every_dense(&w, &b, k, n) {
                 let bf16_dot = name == "bf16 dot";
@@ -188,6 +191,52 @@ mod tests {
                             let want = dot + b[j] + if accumulate { r[i * n + j] } else { 0.0 };
                             let g = got[i * n + j];
                             assert!((g - want).abs() < 1e-4 * (1.0 + want.abs()), "{name} {m}x{k}x{n} [{i},{j}]: {g} vs {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every bf16 path against exact products (f64, inputs not rounded), within the error
+    /// bf16 allows: rounding an activation and a weight to bf16 (8 significant bits, unit
+    /// roundoff u = 2⁻⁸) moves each product by at most (2u + u²)·|x·w|, and summing k + 2
+    /// terms in f32 adds at most (k + 2)·2⁻²⁴ of the sum of magnitudes (Higham, Thm 3.1, to
+    /// first order). Unlike the test above, the reference does not share the kernel's idea
+    /// of rounding, so a kernel that rounds wrongly (or not at all where it should) still
+    /// has to be within bf16's precision of the true value. Where the CPU has AVX512_BF16,
+    /// the bf16 dot product must moreover equal the products of inputs rounded to nearest
+    /// even, to f32 summation error: that pins the rounding mode (a truncating conversion
+    /// stays inside the first bound).
+    #[test]
+    fn bf16_dense_is_within_bf16_precision_of_exact_products() {
+        const U: f64 = 1.0 / 256.0;
+        const F32_U: f64 = 1.0 / 16_777_216.0;
+        let rne = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
+        for (m, k, n) in DENSE_CASES {
+            let (x, w, b, r) = (values(m * k, 11), values(n * k, 12), values(n, 13), values(m * n, 14));
+            let bf16_paths: Vec<(String, Dense)> = every_dense(&w, &b, k, n).into_iter().filter(|d| d.2).map(|(name, d, _)| (name, d)).collect();
+            assert!(!bf16_paths.is_empty(), "every CPU has a bf16 path");
+            for (name, dense) in bf16_paths {
+                for accumulate in [false, true] {
+                    let mut got = if accumulate { r.clone() } else { vec![f32::NAN; m * n] };
+                    dense.forward_into(&x, m, &mut got, accumulate);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (xr, wr) = (&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+                            let residual = if accumulate { r[i * n + j] as f64 } else { 0.0 };
+                            let rest = b[j] as f64 + residual;
+                            let exact: f64 = xr.iter().zip(wr).map(|(&a, &c)| a as f64 * c as f64).sum::<f64>() + rest;
+                            let magnitude: f64 = xr.iter().zip(wr).map(|(&a, &c)| (a as f64 * c as f64).abs()).sum::<f64>();
+                            // (1 + u)² ≤ 1 + 3u bounds a rounded product; 1.01 covers γ's higher orders.
+                            let summing = 1.01 * (k + 2) as f64 * F32_U * (magnitude * (1.0 + 3.0 * U) + (b[j] as f64).abs() + residual.abs());
+                            let bound = (2.0 * U + U * U) * magnitude + summing;
+                            let g = got[i * n + j] as f64;
+                            assert!((g - exact).abs() <= bound, "{name} {m}x{k}x{n} [{i},{j}] accumulate {accumulate}: {g} vs exact {exact}, bound {bound:e}");
+                            if name == "bf16 dot" {
+                                let rounded: f64 = xr.iter().zip(wr).map(|(&a, &c)| rne(a) * rne(c)).sum::<f64>() + rest;
+                                assert!((g - rounded).abs() <= summing, "{name} {m}x{k}x{n} [{i},{j}]: {g} vs nearest-even products {rounded}");
+                            }
                         }
                     }
                 }
