@@ -15,11 +15,17 @@ const MR: usize = 4;
 /// 8-column vectors per panel row.
 const NB: usize = 6;
 const GROUP: usize = 8 * NB;
-/// A call covers its rows' 48 columns as two halves of 3 vectors: 4 rows × 3 vectors = 12
-/// accumulators, with 3 weight vectors and a broadcast activation, fill AVX2's 16 registers,
-/// and every 96 bytes of panel feed 12 FMAs.
-const HALF: usize = NB / 2;
-const HALF_COLS: usize = 8 * HALF;
+/// A call covers its rows' 48 columns as three sub-tiles of 2 vectors: 4 rows × 2 vectors =
+/// 8 accumulators, with 2 weight vectors and a broadcast activation: 11 of AVX2's 16
+/// registers, and 8 independent FMAs in flight cover Zen 3's FMA latency (4 cycles, 2 per
+/// cycle). The earlier 4 × 24 sub-tile needed all 16 registers, and 6 × 16 needs 15; in both
+/// LLVM kept one accumulator on the stack (a store and a reload in the inner loop: a
+/// loop-carried dependency through memory, seen in the disassembly), and the f32 CLIP rows
+/// ran at about 30 % of the FMA peak on Zen 3. This shape's inner loop has no vector spill.
+/// Every output element still adds its k products in order from the bias, so the results
+/// are the same bits as before.
+const SUB: usize = 2;
+const SUB_COLS: usize = 8 * SUB;
 /// Steps of k per pass: a 256 × 48 block of an f32 panel (48 KiB, in L2) is read by every
 /// row tile before the next; on Zen 2 (CPU time, one thread) 128 and 256 measured within
 /// noise of each other, one pass over all of k was 15–40 % slower.
@@ -116,7 +122,7 @@ unsafe fn tile<T: Avx2Panel>(x: &[f32], x_stride: usize, t: &Tile, panel: &[T], 
     debug_assert!(t.rows == 0 || x.len() >= (t.rows - 1) * x_stride + t.kc);
     debug_assert!(panel.len() >= t.kc * GROUP);
     let (pb, pa) = (panel.as_ptr(), x.as_ptr());
-    for c0 in [0, HALF_COLS] {
+    for c0 in [0, SUB_COLS, 2 * SUB_COLS] {
         if c0 >= t.cols {
             break;
         }
@@ -125,20 +131,20 @@ unsafe fn tile<T: Avx2Panel>(x: &[f32], x_stride: usize, t: &Tile, panel: &[T], 
         // lets the compiler unroll the rows.
         if t.rows == MR {
             for kk in 0..t.kc {
-                let b: [__m256; HALF] = [T::load8(pb.add(kk * GROUP + c0)), T::load8(pb.add(kk * GROUP + c0 + 8)), T::load8(pb.add(kk * GROUP + c0 + 16))];
+                let b: [__m256; SUB] = [T::load8(pb.add(kk * GROUP + c0)), T::load8(pb.add(kk * GROUP + c0 + 8))];
                 for (r, accr) in acc.iter_mut().enumerate() {
                     let a = _mm256_set1_ps(*pa.add(r * x_stride + kk));
-                    for j in 0..HALF {
+                    for j in 0..SUB {
                         accr[j] = _mm256_fmadd_ps(a, b[j], accr[j]);
                     }
                 }
             }
         } else {
             for kk in 0..t.kc {
-                let b: [__m256; HALF] = [T::load8(pb.add(kk * GROUP + c0)), T::load8(pb.add(kk * GROUP + c0 + 8)), T::load8(pb.add(kk * GROUP + c0 + 16))];
+                let b: [__m256; SUB] = [T::load8(pb.add(kk * GROUP + c0)), T::load8(pb.add(kk * GROUP + c0 + 8))];
                 for (r, accr) in acc.iter_mut().enumerate().take(t.rows) {
                     let a = _mm256_set1_ps(*pa.add(r * x_stride + kk));
-                    for j in 0..HALF {
+                    for j in 0..SUB {
                         accr[j] = _mm256_fmadd_ps(a, b[j], accr[j]);
                     }
                 }
@@ -148,19 +154,19 @@ unsafe fn tile<T: Avx2Panel>(x: &[f32], x_stride: usize, t: &Tile, panel: &[T], 
     }
 }
 
-/// The accumulators of the tile's columns `c0..c0 + 24`: the bias (plus dst when
+/// The accumulators of the tile's columns `c0..c0 + 16`: the bias (plus dst when
 /// accumulating) on the first pass over k, dst's partial sums on later passes. Lanes past
 /// `t.cols` are zero. (Not a `target_feature` function, so that it is inlined into `tile`,
 /// which has them; no closures around intrinsics either, which would not be.)
 #[inline(always)]
-unsafe fn start(t: &Tile, c0: usize, bias: Option<&[f32]>, dst: &mut TileDst, accumulate: bool) -> [[__m256; HALF]; MR] {
-    let cols = t.cols.min(c0 + HALF_COLS) - c0;
-    let mut acc = [[_mm256_setzero_ps(); HALF]; MR];
+unsafe fn start(t: &Tile, c0: usize, bias: Option<&[f32]>, dst: &mut TileDst, accumulate: bool) -> [[__m256; SUB]; MR] {
+    let cols = t.cols.min(c0 + SUB_COLS) - c0;
+    let mut acc = [[_mm256_setzero_ps(); SUB]; MR];
     for (r, accr) in acc.iter_mut().enumerate().take(t.rows) {
         let out = &dst.row(r)[c0..c0 + cols];
         // At the tile's edge, through zero-padded copies of the bias and dst columns.
-        let (mut bias_row, mut out_row) = ([0f32; HALF_COLS], [0f32; HALF_COLS]);
-        let (b, o) = if cols == HALF_COLS {
+        let (mut bias_row, mut out_row) = ([0f32; SUB_COLS], [0f32; SUB_COLS]);
+        let (b, o) = if cols == SUB_COLS {
             (bias.map(|b| b[c0..].as_ptr()), out.as_ptr())
         } else {
             if let Some(bias) = bias {
@@ -187,16 +193,16 @@ unsafe fn start(t: &Tile, c0: usize, bias: Option<&[f32]>, dst: &mut TileDst, ac
 
 /// Writes the first `t.rows` rows of accumulators back to the tile's columns `c0..`.
 #[inline(always)]
-unsafe fn store(acc: &[[__m256; HALF]; MR], t: &Tile, c0: usize, dst: &mut TileDst) {
-    let cols = t.cols.min(c0 + HALF_COLS) - c0;
+unsafe fn store(acc: &[[__m256; SUB]; MR], t: &Tile, c0: usize, dst: &mut TileDst) {
+    let cols = t.cols.min(c0 + SUB_COLS) - c0;
     for (r, accr) in acc.iter().enumerate().take(t.rows) {
         let out = &mut dst.row(r)[c0..c0 + cols];
-        if cols == HALF_COLS {
+        if cols == SUB_COLS {
             for (j, v) in accr.iter().enumerate() {
                 _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), *v);
             }
         } else {
-            let mut row = [0f32; HALF_COLS];
+            let mut row = [0f32; SUB_COLS];
             for (j, v) in accr.iter().enumerate() {
                 _mm256_storeu_ps(row.as_mut_ptr().add(8 * j), *v);
             }
