@@ -172,22 +172,19 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>, observer: Option<&(dyn Fn(&BatchSt
         images: requests.iter().filter(|r| matches!(r.query, Query::Image(_))).count(),
         elapsed: Duration::ZERO,
     };
-    match engine.search_many(&requests) {
-        Ok(responses) => {
-            for (reply, response) in replies.into_iter().zip(responses) {
-                reply(Ok(response));
-            }
-        }
-        Err(e) if requests.len() == 1 => replies.pop().expect("one reply")(Err(e)),
-        Err(_) => {
-            // Something only visible to the search itself (an id gone since the check, a
-            // model failure): each request gets its own answer.
-            for (reply, request) in replies.into_iter().zip(&requests) {
-                reply(engine.search(request));
-            }
-        }
-    }
+    let answers: Vec<Result<SearchResponse>> = match engine.search_many(&requests) {
+        Ok(responses) => responses.into_iter().map(Ok).collect(),
+        Err(e) if requests.len() == 1 => vec![Err(e)],
+        // Something only visible to the search itself (an id gone since the check, a model
+        // failure): each request gets its own answer.
+        Err(_) => requests.iter().map(|request| engine.search(request)).collect(),
+    };
+    // The batch is observed before any of its searches is answered, so whoever holds an
+    // answer also finds its batch in the statistics (a test, the server's /metrics).
     if let Some(observe) = observer {
         observe(&BatchStats { elapsed: started.elapsed(), ..stats });
+    }
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        reply(answer);
     }
 }
