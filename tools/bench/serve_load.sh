@@ -33,7 +33,9 @@ say() { echo "[serve-load] $*" >&2; }
 OHA=$ROOT/tools/bin/oha
 if [ ! -x "$OHA" ]; then
     say "installing oha into $ROOT/tools"
-    cargo install oha --locked --quiet --root "$ROOT/tools"
+    # native-tls (the system's OpenSSL): oha's default rustls pulls in aws-lc-sys, whose
+    # build needs cmake and a C toolchain setup we do not otherwise require.
+    cargo install oha --locked --quiet --no-default-features --features native-tls --root "$ROOT/tools"
 fi
 checkpoint() {
     local arch=$1 dir=$ROOT/$1

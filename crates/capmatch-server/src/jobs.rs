@@ -5,6 +5,12 @@
 //! is an [`Engine::index_folders`] run whose observer records its progress; searches go on
 //! meanwhile and see each committed batch. Shutting down sets the runs' cancel flag: the
 //! batch in the models commits, nothing after it starts, queued jobs never start.
+//!
+//! A job must not make the page slow. Its models run in their own thread pool whose threads
+//! (and the decoding threads they start) have a lower scheduling priority than the
+//! searches, so a search runs as soon as it arrives and the job takes what is left of the
+//! CPUs. On the shared global pool a search's kernels queued behind the captioner's, and a
+//! text search took seconds instead of tens of milliseconds (tools/bench/serve_load.sh).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -112,9 +118,7 @@ impl Jobs {
         let (sender, receiver) = std::sync::mpsc::channel();
         *lock(&self.queue) = Some(sender);
         let jobs = self.clone();
-        let handle = std::thread::Builder::new()
-            .name("capmatch-index-jobs".into())
-            .spawn(move || jobs.run(&engine, &template, &progress, receiver))
+        let handle = spawn_in_background("capmatch-index-jobs", move || jobs.run(&engine, &template, &progress, receiver))
             .expect("cannot start the index job thread");
         *lock(&self.worker) = Some(handle);
     }
@@ -258,5 +262,85 @@ impl IndexObserver for JobObserver<'_> {
     fn skipped(&self, path: &str, reason: &str) {
         tracing::warn!("skipped {path}: {reason}");
         lock(self.status).skipped += 1;
+    }
+}
+
+/// Runs `work` on a new thread of lower priority ([`JOB_NICENESS`]), inside a rayon pool
+/// of as many threads as the shared one, started from that thread and so of the same
+/// priority: the models' kernels called from `work` run there, not on the searches' pool.
+fn spawn_in_background<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> std::io::Result<JoinHandle<T>> {
+    let prefix = name.to_owned();
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        // Threads inherit their creator's priority: lower this one before the pool (and,
+        // inside an index run, the decoding pool) is started from it.
+        lower_this_threads_priority();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(move |i| format!("{prefix}-{i}"))
+            .build();
+        match pool {
+            Ok(pool) => pool.install(work),
+            Err(e) => {
+                tracing::warn!("index jobs run on the shared threads (cannot start their own: {e})");
+                work()
+            }
+        }
+    })
+}
+
+/// How much the index jobs' threads yield to the searches' (Linux nice value: at 10 the
+/// scheduler gives a job about a tenth of a CPU that a search wants, all of one it does not).
+pub const JOB_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`JOB_NICENESS`]. On Linux a nice
+/// value belongs to a thread, not the process; elsewhere (where it is per process) nothing
+/// is done rather than slow the searches too.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id.
+        let result = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, JOB_NICENESS)
+        };
+        if result != 0 {
+            tracing::warn!("index jobs keep the searches' priority: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    /// The calling thread's nice value.
+    fn niceness() -> i32 {
+        // SAFETY: getpriority on the calling thread's own id cannot fail.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
+    }
+
+    /// Every thread a job's work runs on (its own, its pool's, a pool it starts) is niced;
+    /// the caller and the shared pool, where searches run, are not.
+    #[test]
+    fn background_work_runs_below_the_searches() {
+        let before = niceness();
+        let seen = spawn_in_background("test-job", || {
+            let own = niceness();
+            let pool: Vec<i32> = (0..64).into_par_iter().map(|_| niceness()).collect();
+            let nested = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            let started: Vec<i32> = nested.install(|| (0..64).into_par_iter().map(|_| niceness()).collect());
+            (own, pool, started)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+        let expected = (before + JOB_NICENESS).min(19);
+        assert_eq!(seen.0, expected);
+        assert!(seen.1.iter().all(|&n| n == expected), "{:?}", seen.1);
+        assert!(seen.2.iter().all(|&n| n == expected), "{:?}", seen.2);
+        assert_eq!(niceness(), before, "the caller keeps its priority");
+        let shared: Vec<i32> = rayon::ThreadPoolBuilder::new().build().unwrap().install(|| (0..64).into_par_iter().map(|_| niceness()).collect());
+        assert!(shared.iter().all(|&n| n == before), "{shared:?}");
     }
 }
