@@ -116,7 +116,7 @@ sleep 5
 oha() {
     local name=$1; shift
     say "$name"
-    "$OHA" --no-tui --output-format json -z "$DURATION" "$@" > "$WORK/$name.json"
+    "$OHA" --no-tui --output-format json --wait-ongoing-requests-after-deadline -z "$DURATION" "$@" > "$WORK/$name.json"
     get "$URL/api/jobs/$JOB" "$TOKEN" > "$WORK/$name.job.json"
     get "$URL/metrics" "$TOKEN" > "$WORK/$name.metrics.txt"
 }

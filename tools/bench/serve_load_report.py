@@ -43,11 +43,11 @@ def main(argv):
     gain = rps[f"image-c{clients}"] / rps["image-c1"]
     load = {when: (work / f"{when}.loadavg").read_text().split() for when in ("start", "end") if (work / f"{when}.loadavg").exists()}
     conditions = (
-        f"Load average (1, 5, 15 min) at the start {' / '.join(load['start'])}, at the end {' / '.join(load['end'])}: "
-        "the machine is shared with other developers' builds and tests, so these figures are noisy; "
-        "rerun `tools/bench/serve_load.sh` on a quiet machine for clean ones."
+        f"Load average (1, 5, 15 min) at the start {' / '.join(load['start'])}, at the end {' / '.join(load['end'])} "
+        "(about 2 is this benchmark itself on 2 CPUs; more means other work shared the machine)."
         if len(load) == 2 else "The machine may have been shared with other work during the run."
     )
+    conditions = f"Machine: {cpu_description()}. Models in f32 (the server's default). " + conditions
     section = "\n".join([
         START,
         f"### `capmatch serve` under load (run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `tools/bench/serve_load.sh`)",
@@ -76,6 +76,18 @@ def main(argv):
             text = text.rstrip("\n") + "\n\n" + section + "\n"
         path.write_text(text)
         print("written into BENCHMARKS.md", file=sys.stderr)
+
+
+def cpu_description():
+    """The CPU model and the vector extensions the kernels can use (the figures depend on them)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown CPU")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    ext = "AVX-512 + AVX512_BF16" if {"avx512f", "avx512_bf16"} <= flags else "AVX-512" if "avx512f" in flags else "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+    return f"{model} ({ext})"
 
 
 if __name__ == "__main__":

@@ -6,24 +6,26 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::ops::matmul::Product;
+use rayon::prelude::*;
+
+use crate::ops::matmul::{Lhs, Product};
 use crate::ops::panels::{Bf16Bits, PanelValue, Panels};
 use crate::ops::tile::{self, Tile, TileDst, TileShape};
 
 /// Rows per call.
-const MR: usize = 4;
+const MR: usize = 6;
 /// 8-column vectors per panel row.
 const NB: usize = 6;
 const GROUP: usize = 8 * NB;
-/// A call covers its rows' 48 columns as three sub-tiles of 2 vectors: 4 rows × 2 vectors =
-/// 8 accumulators, with 2 weight vectors and a broadcast activation: 11 of AVX2's 16
-/// registers, and 8 independent FMAs in flight cover Zen 3's FMA latency (4 cycles, 2 per
-/// cycle). The earlier 4 × 24 sub-tile needed all 16 registers, and 6 × 16 needs 15; in both
-/// LLVM kept one accumulator on the stack (a store and a reload in the inner loop: a
-/// loop-carried dependency through memory, seen in the disassembly), and the f32 CLIP rows
-/// ran at about 30 % of the FMA peak on Zen 3. This shape's inner loop has no vector spill.
-/// Every output element still adds its k products in order from the bias, so the results
-/// are the same bits as before.
+/// A call covers its rows' 48 columns as three sub-tiles of 2 vectors: 6 rows × 2 vectors =
+/// 12 accumulators, with 2 weight vectors and a broadcast activation: 15 of AVX2's 16
+/// registers. 12 independent FMAs in flight leave slack over Zen 3's FMA latency (4 cycles,
+/// 2 per cycle: 8 needed); with 8 (4 × 16) every late load stalled the pipes. This shape
+/// used to spill an accumulator to the stack (LLVM, with six row addresses to keep in
+/// general registers); since the rows are packed (see [`pack_rows`]) the loop needs one
+/// address and has no spill (checked in the disassembly). Every output element still adds
+/// its k products in order from the bias, so the results are the same bits whatever the
+/// shape.
 const SUB: usize = 2;
 const SUB_COLS: usize = 8 * SUB;
 /// Steps of k per pass: a 256 × 48 block of an f32 panel (48 KiB, in L2) is read by every
@@ -37,10 +39,6 @@ pub fn available() -> bool {
 
 /// A panel value type this kernel reads eight at a time.
 pub(crate) trait Avx2Panel: PanelValue {
-    /// Whether values are widened as they are read (then a block read by many row tiles is
-    /// widened once instead).
-    const WIDENED: bool;
-
     /// Eight consecutive values from `p`, as f32.
     ///
     /// # Safety
@@ -49,8 +47,6 @@ pub(crate) trait Avx2Panel: PanelValue {
 }
 
 impl Avx2Panel for f32 {
-    const WIDENED: bool = false;
-
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> __m256 {
         _mm256_loadu_ps(p)
@@ -58,8 +54,6 @@ impl Avx2Panel for f32 {
 }
 
 impl Avx2Panel for Bf16Bits {
-    const WIDENED: bool = true;
-
     /// bf16 → f32 is exact: the bits shifted into the high half.
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> __m256 {
@@ -68,13 +62,13 @@ impl Avx2Panel for Bf16Bits {
     }
 }
 
-/// Distinguishes the products, so a thread's widened block is never taken for another's.
+/// Distinguishes the products, so a thread's copied block is never taken for another's.
 static PRODUCTS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    /// The block of a widened panel this thread last widened: (product, group, k0) and the
-    /// values. The tiles of one group run on one thread, one pass after the other.
-    static WIDE_BLOCK: RefCell<((u64, usize, usize), Vec<f32>)> = const { RefCell::new(((u64::MAX, 0, 0), Vec::new())) };
+    /// The block this thread last copied in tile order: (product, group, k0) and the values.
+    /// The tiles of one group run on one thread, one pass after the other.
+    static TILE_BLOCK: RefCell<((u64, usize, usize), Vec<f32>)> = const { RefCell::new(((u64::MAX, 0, 0), Vec::new())) };
 }
 
 /// The product `p` with right operand `w`, rows of dst `dst_stride` apart.
@@ -84,56 +78,88 @@ pub fn matmul<T: Avx2Panel>(w: &Panels<T>, p: Product, dst: &mut [f32], dst_stri
     let (n, k) = (w.n(), w.k());
     p.check(n, k);
     let Product { x, bias, accumulate, parallel } = p;
-    // Widened panels read by several row tiles are widened a block at a time (exactly: the
-    // products are the same bits either way).
-    let widen_blocks = T::WIDENED && x.rows > MR;
+    // A block read by several row tiles is copied once (per thread) into the order the
+    // tiles read it, sub-tile after sub-tile, and widened on the way when the panel is bf16.
+    // In the panel's own order a sub-tile's 16 columns are 64 bytes of every 192-byte row of
+    // the block, and the kernel waited on those strided loads (half its time on the first
+    // FMA after them, in perf annotate). The values are the same, so are the bits.
+    let relayout = x.rows > MR;
     let product = PRODUCTS.fetch_add(1, Ordering::Relaxed);
+    let packed = pack_rows(x, k, parallel);
     tile::walk(x.rows, n, k, TileShape { group: GROUP, kc: KC, mr: MR }, dst, dst_stride, parallel, |t, out| {
-        let xs = &x.data[t.r * x.stride + t.k0..];
+        // The tile's rows from this pass's first step of k (tiles start at multiples of MR).
+        let xs = &packed[(t.r / MR) * k * MR + t.k0 * MR..];
         let bias = bias.map(|b| &b[t.group * GROUP..]);
         let block = &w.block(t.group, t.k0)[..t.kc * GROUP];
-        if !widen_blocks {
+        if !relayout {
             // SAFETY: the features were checked above; `p.check` and the panel layout bound
             // the reads (see `tile`).
-            return unsafe { tile(xs, x.stride, t, block, bias, out, accumulate) };
+            return unsafe { tile(xs, t, block, PanelOrder::AS_STORED, bias, out, accumulate) };
         }
-        WIDE_BLOCK.with(|wide| {
-            let (key, values) = &mut *wide.borrow_mut();
+        TILE_BLOCK.with(|copy| {
+            let (key, values) = &mut *copy.borrow_mut();
             if *key != (product, t.group, t.k0) {
                 values.clear();
-                values.extend(block.iter().map(|v| v.widen()));
+                values.resize(t.kc * GROUP, 0.0);
+                for (kk, row) in block.chunks_exact(GROUP).enumerate() {
+                    for (sub, cols) in row.chunks_exact(SUB_COLS).enumerate() {
+                        let at = sub * t.kc * SUB_COLS + kk * SUB_COLS;
+                        for (v, c) in values[at..at + SUB_COLS].iter_mut().zip(cols) {
+                            *v = c.widen();
+                        }
+                    }
+                }
                 *key = (product, t.group, t.k0);
             }
             // SAFETY: as above; `values` holds the block's `t.kc · 48` values.
-            unsafe { tile(xs, x.stride, t, &values[..], bias, out, accumulate) }
+            unsafe { tile(xs, t, &values[..], PanelOrder::by_sub_tile(t.kc), bias, out, accumulate) }
         })
     });
 }
 
-/// One tile: `t.rows` (≤ 4) rows of `x` (row `i` at `x[i · x_stride..]`, from this pass's
+/// Where a tile finds the 16 columns of sub-tile `s` at step `kk` of its block: at
+/// `s · sub + kk · step`.
+#[derive(Clone, Copy)]
+struct PanelOrder {
+    sub: usize,
+    step: usize,
+}
+
+impl PanelOrder {
+    /// The panel's own order: rows of 48 columns.
+    const AS_STORED: Self = Self { sub: SUB_COLS, step: GROUP };
+
+    /// A block of `kc` steps copied sub-tile after sub-tile.
+    fn by_sub_tile(kc: usize) -> Self {
+        Self { sub: kc * SUB_COLS, step: SUB_COLS }
+    }
+}
+
+/// One tile: `t.rows` (≤ MR) rows of the packed `x` (see [`pack_rows`], from this pass's
 /// first step of k) times `t.kc` rows of the panel. The first pass starts from the bias (plus
 /// dst when accumulating); later passes from the partial sums in dst.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `x` must hold `(t.rows − 1) · x_stride + t.kc` values and
-/// `panel` `t.kc · 48` (as `Lhs::check` and `Panels::block` guarantee).
+/// AVX2 and FMA must be available; `x` must hold `t.kc · MR` values and `panel` `t.kc · 48`
+/// (as `pack_rows`, `Lhs::check` and `Panels::block` guarantee).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<T: Avx2Panel>(x: &[f32], x_stride: usize, t: &Tile, panel: &[T], bias: Option<&[f32]>, dst: &mut TileDst, accumulate: bool) {
-    debug_assert!(t.rows == 0 || x.len() >= (t.rows - 1) * x_stride + t.kc);
+unsafe fn tile<T: Avx2Panel>(x: &[f32], t: &Tile, panel: &[T], order: PanelOrder, bias: Option<&[f32]>, dst: &mut TileDst, accumulate: bool) {
+    debug_assert!(x.len() >= t.kc * MR);
     debug_assert!(panel.len() >= t.kc * GROUP);
     let (pb, pa) = (panel.as_ptr(), x.as_ptr());
-    for c0 in [0, SUB_COLS, 2 * SUB_COLS] {
+    for (sub, c0) in [0, SUB_COLS, 2 * SUB_COLS].into_iter().enumerate() {
         if c0 >= t.cols {
             break;
         }
+        let pb = pb.add(sub * order.sub);
         let mut acc = start(t, c0, bias, dst, accumulate);
         // The same instructions for every row whatever the tile's height: a full tile only
         // lets the compiler unroll the rows.
         if t.rows == MR {
             for kk in 0..t.kc {
-                let b: [__m256; SUB] = [T::load8(pb.add(kk * GROUP + c0)), T::load8(pb.add(kk * GROUP + c0 + 8))];
+                let b: [__m256; SUB] = [T::load8(pb.add(kk * order.step)), T::load8(pb.add(kk * order.step + 8))];
                 for (r, accr) in acc.iter_mut().enumerate() {
-                    let a = _mm256_set1_ps(*pa.add(r * x_stride + kk));
+                    let a = _mm256_set1_ps(*pa.add(kk * MR + r));
                     for j in 0..SUB {
                         accr[j] = _mm256_fmadd_ps(a, b[j], accr[j]);
                     }
@@ -141,9 +167,9 @@ unsafe fn tile<T: Avx2Panel>(x: &[f32], x_stride: usize, t: &Tile, panel: &[T], 
             }
         } else {
             for kk in 0..t.kc {
-                let b: [__m256; SUB] = [T::load8(pb.add(kk * GROUP + c0)), T::load8(pb.add(kk * GROUP + c0 + 8))];
+                let b: [__m256; SUB] = [T::load8(pb.add(kk * order.step)), T::load8(pb.add(kk * order.step + 8))];
                 for (r, accr) in acc.iter_mut().enumerate().take(t.rows) {
-                    let a = _mm256_set1_ps(*pa.add(r * x_stride + kk));
+                    let a = _mm256_set1_ps(*pa.add(kk * MR + r));
                     for j in 0..SUB {
                         accr[j] = _mm256_fmadd_ps(a, b[j], accr[j]);
                     }
@@ -152,6 +178,30 @@ unsafe fn tile<T: Avx2Panel>(x: &[f32], x_stride: usize, t: &Tile, panel: &[T], 
         }
         store(&acc, t, c0, dst);
     }
+}
+
+/// The rows of `x` in the order the tiles read them: for each tile of MR rows, for each step
+/// of k, its MR values (rows past the last are zeros, never stored). Read from the rows in
+/// place, a tile took its MR activations from MR places a row apart, one address register
+/// each: the loop ran out of general registers and reloaded row addresses from the stack,
+/// and the MR streams competed with the panel for L1. Packed, a tile reads one stream.
+/// The values and the order of each element's sums are unchanged (the same bits).
+fn pack_rows(x: Lhs<'_>, k: usize, parallel: bool) -> Vec<f32> {
+    let mut packed = vec![0f32; x.rows.div_ceil(MR) * MR * k];
+    let pack = |(tile, out): (usize, &mut [f32])| {
+        for r in 0..MR.min(x.rows - tile * MR) {
+            let row = &x.data[(tile * MR + r) * x.stride..][..k];
+            for (kk, &v) in row.iter().enumerate() {
+                out[kk * MR + r] = v;
+            }
+        }
+    };
+    if parallel && x.rows > 64 {
+        packed.par_chunks_mut(MR * k.max(1)).enumerate().for_each(pack);
+    } else {
+        packed.chunks_mut(MR * k.max(1)).enumerate().for_each(pack);
+    }
+    packed
 }
 
 /// The accumulators of the tile's columns `c0..c0 + 16`: the bias (plus dst when
