@@ -48,9 +48,11 @@ def main(argv):
         if len(load) == 2 else "The machine may have been shared with other work during the run."
     )
     conditions = f"Machine: {cpu_description()}. Models in f32 (the server's default). " + conditions
+    # When the measured rows began (the report may be written later, from the kept results).
+    started = (work / "start.loadavg").stat().st_mtime if (work / "start.loadavg").exists() else time.time()
     section = "\n".join([
         START,
-        f"### `capmatch serve` under load (run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `tools/bench/serve_load.sh`)",
+        f"### `capmatch serve` under load (run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, `tools/bench/serve_load.sh`)",
         "",
         f"{n:,} synthetic images (random vectors, full-size random-weight CLIP ViT-B/32 and BLIP base), served "
         f"with uploads on; an index job adds real images (tuxpaint stamps) with those models during the whole run. "
