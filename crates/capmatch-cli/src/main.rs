@@ -4,6 +4,8 @@
 //! `capmatch-engine` (indexing, search, info over the gallery and the models) and
 //! `capmatch-eval` (the benchmark protocol). Each subcommand has its own file in `commands/`.
 
+#![forbid(unsafe_code)]
+
 mod commands;
 
 use std::path::PathBuf;

@@ -18,6 +18,8 @@
 //! [`report::write`] turns the [`Inspection`] into a static folder (`index.html`,
 //! `report.json`, CSV files, thumbnails).
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod clusters;
 pub mod counts;

@@ -295,6 +295,7 @@ pub const JOB_NICENESS: i32 = 10;
 /// Lowers the calling thread's scheduling priority to [`JOB_NICENESS`]. On Linux a nice
 /// value belongs to a thread, not the process; elsewhere (where it is per process) nothing
 /// is done rather than slow the searches too.
+#[allow(unsafe_code)]
 fn lower_this_threads_priority() {
     #[cfg(target_os = "linux")]
     {
@@ -315,6 +316,7 @@ mod tests {
     use rayon::prelude::*;
 
     /// The calling thread's nice value.
+    #[allow(unsafe_code)]
     fn niceness() -> i32 {
         // SAFETY: getpriority on the calling thread's own id cannot fail.
         unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }

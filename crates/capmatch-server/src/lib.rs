@@ -24,6 +24,8 @@
 //! SIGTERM or Ctrl-C stops accepting requests, lets the running index job commit its
 //! batch, and exits.
 
+#![deny(unsafe_code)] // only the index jobs' thread priority (jobs.rs) opts out
+
 pub mod assets;
 pub mod auth;
 pub mod clip_retrieval;

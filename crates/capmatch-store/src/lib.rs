@@ -17,6 +17,8 @@
 //! catalog after, and reconciles the two when it opens them after a crash (see
 //! `capmatch-engine`).
 
+#![deny(unsafe_code)] // only memory maps opt out, each with its SAFETY note
+
 pub mod ann;
 pub mod catalog;
 mod durable;
