@@ -290,7 +290,7 @@ fn spawn_in_background<T: Send + 'static>(name: &str, work: impl FnOnce() -> T +
 
 /// How much the index jobs' threads yield to the searches' (Linux nice value: at 10 the
 /// scheduler gives a job about a tenth of a CPU that a search wants, all of one it does not).
-pub const JOB_NICENESS: i32 = 10;
+const JOB_NICENESS: i32 = 10;
 
 /// Lowers the calling thread's scheduling priority to [`JOB_NICENESS`]. On Linux a nice
 /// value belongs to a thread, not the process; elsewhere (where it is per process) nothing
