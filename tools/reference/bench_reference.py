@@ -75,6 +75,17 @@ def rss_kb():
     return rss, hwm
 
 
+def rss_split_kb():
+    """(RssAnon, RssFile + RssShmem) of this process in KiB: own pages, mapped files."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("RssAnon", "RssFile", "RssShmem"):
+                fields[name] = int(rest.split()[0])
+    return fields.get("RssAnon", 0), fields.get("RssFile", 0) + fields.get("RssShmem", 0)
+
+
 def write_outputs(path, kind, rows):
     Path(path).write_text(json.dumps({"kind": kind, "rows": rows}))
 
@@ -414,8 +425,10 @@ def ann_hnsw(args):
             break
     best = curve[-1]
     rss, hwm = rss_kb()
+    anon, mapped = rss_split_kb()
     emit({"event": "ann", "faiss": faiss.__version__, "n": n, "m": args.m, "ef_construction": args.ef_construction,
-          "build_secs": build_secs, "bytes": size, "rss_kb": rss, "hwm_kb": hwm, **best, "curve": curve})
+          "build_secs": build_secs, "bytes": size, "rss_kb": rss, "hwm_kb": hwm, "anon_kb": anon, "file_kb": mapped,
+          **best, "curve": curve})
 
 
 def export_onnx(args):

@@ -155,6 +155,22 @@ pub fn rss_kb() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Resident memory split into the process's own pages and mapped file pages, in KiB.
+/// Mapped files (the stores' vectors, a viewed graph) are page cache the kernel can drop
+/// and share; a reader of the figures needs to see which kind a backend holds.
+pub fn rss_split_kb() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:") + field("RssShmem:"))
+}
+
 /// `count` images of `folder` (sorted by name, cycled if there are fewer), decoded to RGB.
 pub fn load_images(folder: &Path, count: usize) -> Result<Vec<RgbImage>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
