@@ -9,6 +9,8 @@
 #                                           answers, and prints its pid
 #   scripts/milvus.sh stop KIND PORT       stops it (the data stays)
 #   scripts/milvus.sh wipe KIND PORT       stops it and deletes its data
+#   scripts/milvus.sh restart KIND PORT    stops it and starts it again on its data (the
+#                                           tests' "server restarted mid-run")
 # The standalone server also opens its internal ports (etcd, coordinators); they are moved
 # by PORT's offset from 19530 so that two servers can run side by side.
 set -euo pipefail
@@ -92,5 +94,6 @@ case "${1:-}" in
     start) start "$2" "$3" ;;
     stop) stop "$2" "$3" ;;
     wipe) stop "$2" "$3"; rm -rf "$ROOT/data-$2-$3" ;;
-    *) sed -n 2,13p "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    restart) stop "$2" "$3"; start "$2" "$3" >/dev/null ;;
+    *) sed -n 2,15p "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -296,6 +296,37 @@ def make_full_size(out_dir, arch):
     return out_dir
 
 
+FULL_SIZE_IMAGES = ["fixtures/images/real/photo_lemon.png", "fixtures/images/real/cartoon_lemon.png"]
+FULL_SIZE_CASES = [
+    {"name": "greedy_prompt_20", "prompt": PROMPT, "max_new_tokens": 20},
+    {"name": "beam3_prompt_20", "prompt": PROMPT, "num_beams": 3, "max_new_tokens": 20},
+]
+
+
+def write_full_size_reference(out_dir):
+    """capmatch_reference.json + capmatch_reference.safetensors beside a full-size checkpoint:
+    transformers' f32 vision output (last_hidden_state) and generated token ids for two real
+    images, greedy and beam 3, for crates/capmatch-core/tests/blip_parity.rs
+    (`full_size_checkpoint_captions_an_image`, ignored by default)."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    out_dir = Path(out_dir)
+    model = BlipForConditionalGeneration.from_pretrained(out_dir, dtype=torch.float32).eval()
+    processor = BlipProcessor(image_processor=BlipImageProcessorPil.from_pretrained(out_dir), tokenizer=make_tokenizer())
+    images = [rgb_over_white(Image.open(ROOT / p)) for p in FULL_SIZE_IMAGES]
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        vision = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    cases = []
+    for case in FULL_SIZE_CASES:
+        rows, _, captions = run_case(model, processor, pixel_values, case)
+        cases.append(dict(case, token_ids=rows, captions=captions))
+    save_file({f"vision/{i}": vision[i].contiguous() for i in range(len(images))}, str(out_dir / "capmatch_reference.safetensors"))
+    ref = {"images": FULL_SIZE_IMAGES, "cases": cases}
+    (out_dir / "capmatch_reference.json").write_text(json.dumps(ref, indent=1) + "\n")
+
+
 def main():
     only = sys.argv[1:] if __name__ == "__main__" else []
     for name, spec in FIXTURES.items():

@@ -3,22 +3,33 @@
 //! ```text
 //! cargo run --release -p capmatch-bench -- --out BENCHMARKS.md
 //! cargo run --release -p capmatch-bench -- --quick --only clip-image,search
+//! cargo run --release -p capmatch-bench -- ann --sizes 100k,1M --out BENCHMARKS.md
 //! ```
 //!
-//! For every workload it runs our code and the reference (transformers/PyTorch on the CPU, or
-//! faiss) as two long-lived worker processes loaded side by side, and times them **alternately**
-//! (ours, ref, ours, ref, ...) so that both see the same machine noise; the speed ratio is the
-//! median over those pairs of (reference time ÷ our time): above 1 we are faster. When the two
-//! workers would not fit in memory together (BLIP-2 in f32), the sides run one after the other
-//! instead and the ratio is that of the medians.
+//! For every workload it runs our code and the references (transformers/PyTorch on the CPU,
+//! ONNX Runtime for the CLIP towers in f32, or faiss) as long-lived worker processes loaded
+//! side by side, and times them **in turn** (ours, ref, ours, ref, ...) so that all see the
+//! same machine noise; the speed ratio is the median over those pairs of (reference time ÷
+//! our time): above 1 we are faster. Every worker also writes what its first call produced,
+//! and a row only counts when the two sides' outputs agree (`agreement`). When the workers
+//! would not fit in memory together (BLIP-2 in f32), the sides run one after the other
+//! instead, each from a dropped page cache, and the ratio is that of the medians.
 //! `capmatch index` is run as the real binary on folders of real image files; its peak memory
-//! comes from `wait4`. See `BENCHMARKS.md` for the method and the last numbers.
+//! comes from `wait4`, and the model work it does is timed alone for comparison. See
+//! `BENCHMARKS.md` for the method and the last numbers.
 
+mod agreement;
+mod ann;
+mod inspect;
+mod milvus;
 mod models;
 mod npy;
 mod prepare;
 mod proc;
 mod report;
+mod run;
+mod search;
+mod stats;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -29,7 +40,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
+use agreement::Agreement;
 use prepare::{Arch, Paths};
+use stats::median;
 
 #[derive(Parser, Debug)]
 #[command(name = "capmatch-bench", about = "Speed harness: capmatch vs transformers/PyTorch and faiss")]
@@ -92,6 +105,19 @@ enum WorkerCmd {
     /// (internal) our side of one workload, driven over stdin/stdout by the harness.
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
+    /// `capmatch inspect` at 10k, 30k and 100k images against faiss computing the same
+    /// neighbour graphs; rewrites its own section of --out (see src/inspect.rs).
+    Inspect(inspect::InspectArgs),
+    /// The approximate index against faiss HNSW: build, size, memory, recall, latency.
+    Ann(ann::AnnArgs),
+    /// (internal) our side of `ann`.
+    #[command(hide = true)]
+    AnnWorker(ann::AnnWorkerArgs),
+    /// The Milvus store against the exact store and faiss; sharded indexing into it.
+    Milvus(milvus::MilvusArgs),
+    /// (internal) one side of `milvus`.
+    #[command(hide = true)]
+    MilvusWorker(milvus::MilvusWorkerArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -117,7 +143,47 @@ impl Workload {
     }
 }
 
-/// One paired measurement: our worker and the reference worker get the same flags.
+/// What a row is compared against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference {
+    /// transformers on PyTorch (`bench_reference.py`, default backend).
+    PyTorch,
+    /// ONNX Runtime's CPU provider on the CLIP towers exported from the same checkpoint.
+    OnnxRuntime,
+    /// faiss `IndexFlatIP`.
+    Faiss,
+}
+
+impl Reference {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reference::PyTorch => "PyTorch",
+            Reference::OnnxRuntime => "ONNX Runtime",
+            Reference::Faiss => "faiss IndexFlatIP",
+        }
+    }
+
+    /// For file names.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Reference::PyTorch => "torch",
+            Reference::OnnxRuntime => "ort",
+            Reference::Faiss => "faiss",
+        }
+    }
+
+    /// Flags the reference script needs beyond the case's own.
+    fn args(self, case: &Case) -> Vec<String> {
+        match (self, &case.onnx) {
+            (Reference::OnnxRuntime, Some(model)) => {
+                vec!["--backend".into(), "onnxruntime".into(), "--onnx".into(), model.display().to_string()]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One row: our worker and each reference's get the same flags.
 #[derive(Clone, Debug)]
 pub struct Case {
     pub workload: Workload,
@@ -129,10 +195,18 @@ pub struct Case {
     pub args: Vec<String>,
     /// Items are images, captions or queries.
     pub unit: &'static str,
-    /// Speed ratio (reference time ÷ ours) the issue asks for, if any.
+    /// Speed ratio against the first reference that an issue asks for, if any.
     pub target: Option<Target>,
-    /// Why the two sides run one after the other instead of interleaved, when they must.
+    /// Why the sides run one after the other instead of interleaved, when they must.
     pub sequential: Option<String>,
+    /// The first one is the one the target is about.
+    pub references: Vec<Reference>,
+    /// Generated tokens compared between the sides (captioning).
+    pub new_tokens: usize,
+    /// Search: queries per call.
+    pub queries_per_call: usize,
+    /// The exported ONNX model for the ONNX Runtime reference.
+    pub onnx: Option<PathBuf>,
 }
 
 /// A speed ratio an issue asks for.
@@ -165,20 +239,55 @@ impl Target {
     }
 }
 
+/// One worker's measurements.
 #[derive(Clone, Debug, Default)]
 pub struct Side {
     /// Seconds per item of each round.
     pub per_item: Vec<f64>,
     pub cpu_util: Vec<f64>,
-    /// CPU the *other* worker burnt while this one was timed, as a share of the round.
+    /// CPU the *other* workers burnt while this one was timed, as a share of the round.
     pub idle_other_cpu: Vec<f64>,
     pub peak_rss_kb: u64,
+    /// Largest resident set the worker reported after a round (steady state, load excluded).
+    pub round_rss_kb: u64,
     pub ready: Value,
+    /// Where the worker wrote its first call's outputs.
+    pub outputs: Option<PathBuf>,
+    /// Sides run alone: memory available before the worker loaded, and whether the page
+    /// cache was dropped first.
+    pub mem_available_kb: Option<u64>,
+    pub page_cache_dropped: Option<bool>,
 }
 
 impl Side {
     pub fn median_per_item(&self) -> f64 {
         median(&self.per_item)
+    }
+
+    pub fn record(&mut self, round: &proc::Round) {
+        self.per_item.push(round.secs / round.items.max(1.0));
+        self.cpu_util.extend(round.cpu_util);
+        self.round_rss_kb = self.round_rss_kb.max(round.rss_kb.unwrap_or(0));
+    }
+}
+
+/// One reference of a row: its measurements, the speed ratio against ours, and whether the
+/// two sides' outputs agree.
+#[derive(Clone, Debug)]
+pub struct Compared {
+    pub reference: Reference,
+    pub side: Option<Side>,
+    /// Reference time ÷ our time: the median over pairs of rounds, or the ratio of the
+    /// medians for sides run one after the other.
+    pub ratio: Option<f64>,
+    pub agreement: Option<Agreement>,
+    /// Why the ratio does not count although both sides ran (memory pressure).
+    pub not_comparable: Option<String>,
+}
+
+impl Compared {
+    pub fn new(reference: Reference) -> Self {
+        Compared { reference, side: None, ratio: None, agreement: None, not_comparable: None }
     }
 }
 
@@ -186,13 +295,22 @@ impl Side {
 pub struct CaseResult {
     pub case: Case,
     pub ours: Option<Side>,
-    pub reference: Option<Side>,
-    /// Median over paired rounds of reference time ÷ our time.
-    pub ratio: Option<f64>,
+    pub refs: Vec<Compared>,
     pub calls_per_round: usize,
     pub errors: Vec<String>,
     /// 1-minute load average when the case started (before its workers were spawned).
     pub load: Option<f64>,
+}
+
+impl CaseResult {
+    /// Whether the row meets its target: the ratio against the first reference is there and
+    /// comparable, the outputs agree, and the ratio reaches the target. None without a target.
+    pub fn met(&self) -> Option<bool> {
+        let target = self.case.target?;
+        let first = self.refs.first()?;
+        let ratio = first.ratio?;
+        Some(first.not_comparable.is_none() && !first.agreement.as_ref().is_some_and(Agreement::disagrees) && target.met(ratio))
+    }
 }
 
 /// The 1-minute load average.
@@ -210,20 +328,13 @@ pub struct IndexResult {
     pub command: String,
     pub info: Option<String>,
     pub error: Option<String>,
-}
-
-pub fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
+    /// The model work of the images the big run adds, timed alone (same batch, same
+    /// captioner defaults): images/s.
+    pub model_only: Option<Side>,
+    /// Generated tokens per caption (min, mean, max) in the model-only run.
+    pub new_tokens: Option<(usize, f64, usize)>,
+    /// Captions of the model-only run equal to the index's for the same files, of all.
+    pub same_captions: Option<(usize, usize)>,
 }
 
 pub struct Settings {
@@ -237,16 +348,24 @@ pub struct Settings {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    if let Some(WorkerCmd::Worker(args)) = cli.worker {
-        if let Err(e) = worker::run(args) {
-            worker::emit(&serde_json::json!({"event": "error", "message": format!("{e:#}")}));
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
+    let mut cli = Cli::parse();
+    let result = match cli.worker.take() {
+        Some(WorkerCmd::Worker(args)) => {
+            if let Err(e) = worker::run(args) {
+                worker::emit(&serde_json::json!({"event": "error", "message": format!("{e:#}")}));
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            return;
         }
-        return;
-    }
-    if let Err(e) = harness(cli) {
+        Some(WorkerCmd::Inspect(args)) => inspect::run(args, &repo_root()),
+        Some(WorkerCmd::Ann(args)) => ann::run(args, &repo_root()),
+        Some(WorkerCmd::AnnWorker(args)) => ann::worker(args),
+        Some(WorkerCmd::Milvus(args)) => milvus::run(args, &repo_root()),
+        Some(WorkerCmd::MilvusWorker(args)) => milvus::worker(args),
+        None => harness(cli),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -318,8 +437,8 @@ fn harness(cli: Cli) -> Result<()> {
             continue;
         }
         let result = match prepare_case(&paths, &mut case, &real) {
-            Ok(()) => run_case(&paths, &settings, case),
-            Err(e) => CaseResult { case, ours: None, reference: None, ratio: None, calls_per_round: 0, errors: vec![format!("{e:#}")], load: loadavg() },
+            Ok(()) => run::run_case(&paths, &settings, case),
+            Err(e) => CaseResult { case, ours: None, refs: Vec::new(), calls_per_round: 0, errors: vec![format!("{e:#}")], load: loadavg() },
         };
         report::print_case(&result);
         report.cases.push(result);
@@ -329,7 +448,7 @@ fn harness(cli: Cli) -> Result<()> {
     }
     if workloads.contains(&Workload::Index) {
         let result = run_index(&cli, &paths, &settings, &real).unwrap_or_else(|e| IndexResult { error: Some(format!("{e:#}")), ..Default::default() });
-        report::print_index(&result, &report.cases);
+        report::print_index(&result);
         report.index = Some(result);
     }
     let table = report.summary_table();
@@ -381,6 +500,16 @@ fn plan(workloads: &[Workload], archs: &[Arch], dtypes: &[String], quick: bool) 
         unit,
         target,
         sequential: None,
+        // ONNX Runtime beside PyTorch for the CLIP towers in f32 (its CPU provider has no
+        // bf16 matrix products); faiss for search.
+        references: match (workload, dtype) {
+            (Workload::Search, _) => vec![Reference::Faiss],
+            (Workload::ClipImage | Workload::ClipText, "f32") => vec![Reference::PyTorch, Reference::OnnxRuntime],
+            _ => vec![Reference::PyTorch],
+        },
+        new_tokens: 20,
+        queries_per_call: 1,
+        onnx: None,
     };
     for &w in workloads {
         match w {
@@ -447,11 +576,21 @@ fn plan(workloads: &[Workload], archs: &[Arch], dtypes: &[String], quick: bool) 
             }
             Workload::Search => {
                 let sizes: &[usize] = if quick { &[10_000] } else { &[10_000, 100_000, 1_000_000] };
+                // One query per call is what an interactive user of faiss gets: faiss splits a
+                // search over its queries, so it runs on one thread. Batches (eval, inspect)
+                // let it use every thread; ours then go through the batched scorer.
                 for &n in sizes {
-                    let label = format!("{} × 512-d · top 10 · 1 query/call", human(n));
-                    let mut c = base(w, None, "f32", n, 1, label, "queries", Some(Target::at_least(1.0)));
-                    c.batch = n;
-                    cases.push(c);
+                    for per_call in [1, 64, 1024] {
+                        let calls = if per_call == 1 {
+                            "1 query/call (faiss: 1 thread)".to_string()
+                        } else {
+                            format!("{per_call} queries/call")
+                        };
+                        let label = format!("{} × 512-d · top 10 · {calls}", human(n));
+                        let mut c = base(w, None, "f32", n, 1, label, "queries", Some(Target::at_least(1.0)));
+                        c.queries_per_call = per_call;
+                        cases.push(c);
+                    }
                 }
             }
             Workload::Index => cases.push(base(w, None, "f32", 8, 1, "index".into(), "images", None)),
@@ -478,7 +617,7 @@ fn prepare_case(paths: &Paths, case: &mut Case, real: &[PathBuf]) -> Result<()> 
         Workload::ClipImage | Workload::BlipCaption | Workload::Blip2Caption | Workload::ClipText => {
             let arch = case.arch.expect("model case");
             let model = prepare::ensure_checkpoint(paths, arch)?;
-            case.sequential = sides_do_not_fit(&model, &case.dtype);
+            case.sequential = sides_do_not_fit(&model, &case.dtype, 1 + case.references.len());
             args.extend(["--model".into(), s(&model.display()), "--dtype".into(), case.dtype.clone()]);
             args.extend(["--batch".into(), s(&case.batch)]);
             match case.workload {
@@ -491,8 +630,12 @@ fn prepare_case(paths: &Paths, case: &mut Case, real: &[PathBuf]) -> Result<()> 
                     args.extend(["--images".into(), s(&images.display())]);
                 }
             }
+            if case.references.contains(&Reference::OnnxRuntime) {
+                let tower = if case.workload == Workload::ClipText { "text" } else { "image" };
+                case.onnx = Some(prepare::ensure_onnx(paths, arch, tower)?);
+            }
             if matches!(case.workload, Workload::BlipCaption | Workload::Blip2Caption) {
-                args.extend(["--beams".into(), s(&case.beams), "--new-tokens".into(), "20".into()]);
+                args.extend(["--beams".into(), s(&case.beams), "--new-tokens".into(), s(&case.new_tokens)]);
                 // Each architecture's own default: BLIP continues "a picture of", BLIP-2
                 // captions unconditionally (as capmatch does by default and the paper did).
                 let prompt = if case.workload == Workload::BlipCaption { "a picture of" } else { "" };
@@ -501,9 +644,10 @@ fn prepare_case(paths: &Paths, case: &mut Case, real: &[PathBuf]) -> Result<()> 
         }
         Workload::Search => {
             let gallery = prepare::ensure_vectors(paths, "gallery", case.batch, 512, 0)?;
-            let queries = prepare::ensure_vectors(paths, "queries", 256, 512, 1)?;
+            let queries = prepare::ensure_vectors(paths, "queries", 1024, 512, 1)?;
             args.extend(["--gallery".into(), s(&gallery.display()), "--queries".into(), s(&queries.display())]);
             args.extend(["--k".into(), "10".into(), "--queries-per-round".into(), "10".into()]);
+            args.extend(["--queries-per-call".into(), s(&case.queries_per_call)]);
         }
         Workload::Index => unreachable!("index is not a paired case"),
     }
@@ -511,265 +655,53 @@ fn prepare_case(paths: &Paths, case: &mut Case, real: &[PathBuf]) -> Result<()> 
     Ok(())
 }
 
-/// Why the two workers of a model case cannot be loaded side by side, when they cannot: each
+/// Why the workers of a model case cannot be loaded side by side, when they cannot: each
 /// holds the weights in the case's dtype, and together they would need more memory than is
 /// available now (the case would then measure swapping, or end in the OOM killer).
-fn sides_do_not_fit(model: &Path, dtype: &str) -> Option<String> {
+fn sides_do_not_fit(model: &Path, dtype: &str, workers: usize) -> Option<String> {
     const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
     let weights = prepare::weights_bytes(model, dtype)? as f64;
     // Per side: the weights, plus a margin for activations, KV cache and allocator slack,
     // plus the runtime (Python and torch's libraries on the reference side).
     let per_side = weights * 1.1 + GIB;
     let available = proc::mem_available_kb()? as f64 * 1024.0;
-    (2.0 * per_side > available).then(|| {
+    (workers as f64 * per_side > available).then(|| {
         format!(
-            "sides run one after the other (both do not fit in RAM: ≈ 2 × {:.1} GiB needed, {:.1} GiB available); speed ratio = ratio of medians",
+            "sides run one after the other, each from a dropped page cache (together they do not fit in RAM: ≈ {workers} × {:.1} GiB needed, {:.1} GiB available); speed ratio = ratio of medians",
             per_side / GIB,
             available / GIB
         )
     })
 }
 
-fn log_name(case: &Case, side: &str) -> String {
-    let slug: String = case
-        .label
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .collect::<String>()
-        .split('-')
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join("-");
-    format!("{}-{slug}-{side}.log", case.workload.name())
-}
-
-fn ours_command(settings: &Settings, case: &Case) -> Result<Command> {
-    // /proc/self/exe, not the path: the workers run the very build the harness was started
-    // from even when cargo replaces target/release/capmatch-bench during a run (the target
-    // dir is shared with other builds; the old path then names a deleted file).
-    let exe = Path::new("/proc/self/exe");
-    let mut cmd = Command::new(if exe.exists() { exe.to_path_buf() } else { std::env::current_exe()? });
-    cmd.arg("worker").args(&case.args).arg("--threads").arg(settings.threads.to_string()).arg("--serve");
-    cmd.env("RAYON_NUM_THREADS", settings.threads.to_string()).env("CANDLE_NUM_THREADS", settings.threads.to_string());
-    cmd.envs(settings.ours_env.iter().map(|(k, v)| (k, v)));
-    Ok(cmd)
-}
-
-fn reference_command(paths: &Paths, settings: &Settings, case: &Case) -> Command {
-    let mut cmd = Command::new(&paths.python);
-    cmd.arg(paths.reference_script()).args(&case.args).arg("--threads").arg(settings.threads.to_string()).arg("--serve");
-    let t = settings.threads.to_string();
-    cmd.env("OMP_NUM_THREADS", &t)
-        .env("MKL_NUM_THREADS", &t)
-        .env("TOKENIZERS_PARALLELISM", "false")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_VERBOSITY", "error");
-    cmd
-}
-
-/// Loads both workers (one after the other, so that loading never overlaps a timed round),
-/// then alternates rounds: ours, ref, ours, ref, ...
-fn run_case(paths: &Paths, settings: &Settings, case: Case) -> CaseResult {
-    let mut result =
-        CaseResult { case: case.clone(), ours: None, reference: None, ratio: None, calls_per_round: 1, errors: Vec::new(), load: loadavg() };
-    eprintln!("[bench] {} · {} ...", case.workload.name(), case.label);
-    if let Some(why) = &case.sequential {
-        eprintln!("[bench]   {why}");
-        return run_sequential(paths, settings, case, result);
-    }
-    let logs = paths.logs();
-    let spawn_ours = || -> Result<_> {
-        proc::Worker::spawn("capmatch", ours_command(settings, &case)?, &logs.join(log_name(&case, "ours")))
-    };
-    let (mut ours, ours_ready) = match spawn_ours() {
-        Ok(x) => x,
-        Err(e) => {
-            result.errors.push(format!("ours: {e:#}"));
-            // Still time the reference alone: its number is worth having.
-            return reference_only(paths, settings, case, result);
-        }
-    };
-    let (mut reference, ref_ready) =
-        match proc::Worker::spawn("reference", reference_command(paths, settings, &case), &logs.join(log_name(&case, "ref"))) {
-            Ok(x) => x,
-            Err(e) => {
-                result.errors.push(format!("reference: {e:#}"));
-                // Time ours alone.
-                let mut side = Side { ready: ours_ready, ..Default::default() };
-                let calls = calls_per_round(settings, &side.ready, &Value::Null);
-                result.calls_per_round = calls;
-                if let Err(e) = solo_rounds(&mut ours, calls, settings, &mut side) {
-                    result.errors.push(format!("ours: {e:#}"));
-                }
-                side.peak_rss_kb = ours.finish().unwrap_or(0);
-                result.ours = (!side.per_item.is_empty()).then_some(side);
-                return result;
-            }
-        };
-    let calls = calls_per_round(settings, &ours_ready, &ref_ready);
-    result.calls_per_round = calls;
-    let mut o = Side { ready: ours_ready, ..Default::default() };
-    let mut r = Side { ready: ref_ready, ..Default::default() };
-    let mut pair_ratios = Vec::new();
-    let start = Instant::now();
-    for i in 0..settings.max_rounds.max(settings.min_rounds) {
-        if i >= settings.min_rounds && start.elapsed().as_secs_f64() > settings.budget_secs {
-            break;
-        }
-        let timed = |w: &mut proc::Worker, other_pid: u32, side: &mut Side| -> Result<f64> {
-            let other0 = proc::cpu_secs(other_pid);
-            let round = w.round(calls)?;
-            if let (Some(a), Some(b)) = (other0, proc::cpu_secs(other_pid)) {
-                side.idle_other_cpu.push((b - a) / round.secs.max(1e-9));
-            }
-            let per_item = round.secs / round.items.max(1.0);
-            side.per_item.push(per_item);
-            side.cpu_util.extend(round.cpu_util);
-            Ok(per_item)
-        };
-        let ref_pid = reference.pid();
-        let ours_pid = ours.pid();
-        let a = match timed(&mut ours, ref_pid, &mut o) {
-            Ok(x) => x,
-            Err(e) => {
-                result.errors.push(format!("ours: {e:#}"));
-                break;
-            }
-        };
-        let b = match timed(&mut reference, ours_pid, &mut r) {
-            Ok(x) => x,
-            Err(e) => {
-                result.errors.push(format!("reference: {e:#}"));
-                break;
-            }
-        };
-        pair_ratios.push(b / a);
-    }
-    o.peak_rss_kb = ours.finish().unwrap_or_else(|e| {
-        result.errors.push(format!("ours: {e:#}"));
-        0
-    });
-    r.peak_rss_kb = reference.finish().unwrap_or_else(|e| {
-        result.errors.push(format!("reference: {e:#}"));
-        0
-    });
-    if !pair_ratios.is_empty() {
-        result.ratio = Some(median(&pair_ratios));
-    }
-    result.ours = (!o.per_item.is_empty()).then_some(o);
-    result.reference = (!r.per_item.is_empty()).then_some(r);
-    result
-}
-
-fn reference_only(paths: &Paths, settings: &Settings, case: Case, mut result: CaseResult) -> CaseResult {
-    let log = paths.logs().join(log_name(&case, "ref"));
-    match proc::Worker::spawn("reference", reference_command(paths, settings, &case), &log) {
-        Ok((mut reference, ready)) => {
-            let calls = calls_per_round(settings, &Value::Null, &ready);
-            result.calls_per_round = calls;
-            let mut side = Side { ready, ..Default::default() };
-            if let Err(e) = solo_rounds(&mut reference, calls, settings, &mut side) {
-                result.errors.push(format!("reference: {e:#}"));
-            }
-            side.peak_rss_kb = reference.finish().unwrap_or(0);
-            result.reference = (!side.per_item.is_empty()).then_some(side);
-        }
-        Err(e) => result.errors.push(format!("reference: {e:#}")),
-    }
-    result
-}
-
-/// The two sides one after the other, each loaded, warmed up, timed and ended before the
-/// other starts, for cases whose two workers do not fit in memory together. The speed ratio
-/// is then the ratio of the medians: there are no pairs of rounds under the same machine state.
-fn run_sequential(paths: &Paths, settings: &Settings, case: Case, mut result: CaseResult) -> CaseResult {
-    let logs = paths.logs();
-    for who in ["ours", "reference"] {
-        let (name, command, log) = if who == "ours" {
-            ("capmatch", ours_command(settings, &case), logs.join(log_name(&case, "ours")))
-        } else {
-            ("reference", Ok(reference_command(paths, settings, &case)), logs.join(log_name(&case, "ref")))
-        };
-        let (mut worker, ready) = match command.and_then(|cmd| proc::Worker::spawn(name, cmd, &log)) {
-            Ok(x) => x,
-            Err(e) => {
-                result.errors.push(format!("{who}: {e:#}"));
-                continue;
-            }
-        };
-        let calls = calls_per_round(settings, &ready, &Value::Null);
-        result.calls_per_round = result.calls_per_round.max(calls);
-        let mut side = Side { ready, ..Default::default() };
-        if let Err(e) = solo_rounds(&mut worker, calls, settings, &mut side) {
-            result.errors.push(format!("{who}: {e:#}"));
-        }
-        // Waits for the exit, so that its memory is back before the other side loads.
-        side.peak_rss_kb = worker.finish().unwrap_or_else(|e| {
-            result.errors.push(format!("{who}: {e:#}"));
-            0
-        });
-        let side = (!side.per_item.is_empty()).then_some(side);
-        if who == "ours" {
-            result.ours = side;
-        } else {
-            result.reference = side;
-        }
-    }
-    if let (Some(o), Some(r)) = (&result.ours, &result.reference) {
-        result.ratio = Some(r.median_per_item() / o.median_per_item());
-    }
-    result
-}
-
-/// Times one worker on its own: `min_rounds` rounds, then more up to `max_rounds` while the
-/// case is under its time budget (the same rule as the interleaved rounds).
-fn solo_rounds(worker: &mut proc::Worker, calls: usize, settings: &Settings, side: &mut Side) -> Result<()> {
-    let start = Instant::now();
-    for i in 0..settings.max_rounds.max(settings.min_rounds) {
-        if i >= settings.min_rounds && start.elapsed().as_secs_f64() > settings.budget_secs {
-            break;
-        }
-        let round = worker.round(calls)?;
-        side.per_item.push(round.secs / round.items.max(1.0));
-        side.cpu_util.extend(round.cpu_util);
-    }
-    Ok(())
-}
-
-/// Calls per round so that a round lasts about `round_secs` on the slower side, judged from
-/// the warm-up (one call each).
-fn calls_per_round(settings: &Settings, a: &Value, b: &Value) -> usize {
-    let per_call = |v: &Value| v["warmup_secs"].as_f64().unwrap_or(0.0);
-    let slow = per_call(a).max(per_call(b));
-    if slow <= 0.0 {
-        return 1;
-    }
-    ((settings.round_secs / slow).ceil() as usize).clamp(1, 64)
-}
-
-/// `capmatch index` end to end on folders of real files: a small and a big folder, each into
-/// a fresh database, so that images/s can be given both overall and per extra image (which
-/// leaves out the fixed start-up: process start, model loading).
+/// `capmatch index` end to end on folders of real files: a small folder and a big one that
+/// starts with the small one's files, each into a fresh database, so that images/s can be
+/// given both overall and per extra image (which leaves out the fixed start-up: process
+/// start, model loading). The model work of those extra images is then timed alone, done as
+/// the indexer does it (same batch, same captioner defaults), and its captions are checked
+/// against the index's: same captions, so the same generated tokens on both sides.
 fn run_index(cli: &Cli, paths: &Paths, settings: &Settings, real: &[PathBuf]) -> Result<IndexResult> {
     let bin = match &cli.capmatch_bin {
         Some(b) => b.clone(),
         None => build_capmatch()?,
     };
     let (small, big) = if settings.quick { (2, 6) } else { (8, 40) };
+    const BATCH: usize = 8;
     let clip = prepare::ensure_checkpoint(paths, Arch::ClipB32)?;
     let captioner = prepare::ensure_checkpoint(paths, Arch::BlipBase)?;
     let mut out = IndexResult { images_small: small, images_big: big, ..Default::default() };
     let scratch = paths.root.join("index-db");
     std::fs::create_dir_all(&scratch)?;
-    for (n, name) in [(small, "small"), (big, "big")] {
-        let folder = prepare::ensure_index_folder(paths, real, "real", n)?;
+    let (small_dir, big_dir) = prepare::ensure_index_folders(paths, real, small, big)?;
+    let big_db = scratch.join("big.db");
+    for (n, name, folder) in [(small, "small", &small_dir), (big, "big", &big_dir)] {
         let db = scratch.join(format!("{name}.db"));
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
         }
         let mut cmd = Command::new(&bin);
         cmd.arg("index")
-            .arg(&folder)
+            .arg(folder)
             .arg("--db")
             .arg(&db)
             .arg("--clip")
@@ -777,18 +709,20 @@ fn run_index(cli: &Cli, paths: &Paths, settings: &Settings, real: &[PathBuf]) ->
             .arg("--captioner")
             .arg(&captioner)
             .arg("--batch")
-            .arg("8")
+            .arg(BATCH.to_string())
             .arg("--dtype")
             .arg("f32")
             .env("RAYON_NUM_THREADS", settings.threads.to_string())
             .env("CANDLE_NUM_THREADS", settings.threads.to_string())
             .envs(settings.ours_env.iter().map(|(k, v)| (k, v)));
+        // Paths relative to the repository: the report names no directory of this machine.
+        let rel = |p: &Path| p.strip_prefix(&paths.repo).unwrap_or(p).display().to_string();
         out.command = format!(
-            "capmatch index {} --db {} --clip {} --captioner {} --batch 8 --dtype f32",
-            folder.display(),
-            db.display(),
-            clip.display(),
-            captioner.display()
+            "capmatch index {} --db {} --clip {} --captioner {} --batch {BATCH} --dtype f32",
+            rel(folder),
+            rel(&db),
+            rel(&clip),
+            rel(&captioner)
         );
         eprintln!("[bench] index · {n} real images ...");
         let log = paths.logs().join(format!("index-{name}.log"));
@@ -804,11 +738,79 @@ fn run_index(cli: &Cli, paths: &Paths, settings: &Settings, real: &[PathBuf]) ->
             out.info = proc::capture(bin.to_str().unwrap_or("capmatch"), &["info", "--db", db.to_str().unwrap_or(""), "--json"]);
         }
     }
+    // The images the big run adds, in the order the indexer takes them (sorted paths).
+    let extra: Vec<PathBuf> = prepare::image_files(&big_dir)?.into_iter().skip(small).collect();
+    if let Err(e) = index_model_only(paths, settings, &clip, &captioner, BATCH, &extra, &big_db, &mut out) {
+        out.error = Some(format!("model-only run: {e:#}"));
+    }
     Ok(out)
 }
 
+/// Times the model work of `files` alone (see [`run_index`]) and compares its captions with
+/// those the index stored in `db`.
+#[allow(clippy::too_many_arguments)]
+fn index_model_only(
+    paths: &Paths,
+    settings: &Settings,
+    clip: &Path,
+    captioner: &Path,
+    batch: usize,
+    files: &[PathBuf],
+    db: &Path,
+    out: &mut IndexResult,
+) -> Result<()> {
+    let outputs = paths.logs().join("index-model-only.json");
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["worker", "index-models", "--batch", &batch.to_string(), "--warmup", "0", "--serve"])
+        .arg("--model")
+        .arg(clip)
+        .arg("--captioner")
+        .arg(captioner)
+        .arg("--outputs")
+        .arg(&outputs)
+        .arg("--files")
+        .args(files)
+        .env("RAYON_NUM_THREADS", settings.threads.to_string())
+        .env("CANDLE_NUM_THREADS", settings.threads.to_string())
+        .envs(settings.ours_env.iter().map(|(k, v)| (k, v)));
+    eprintln!("[bench] index · model work of the {} extra images alone ...", files.len());
+    let (mut worker, ready) = proc::Worker::spawn("capmatch (model only)", cmd, &paths.logs().join("index-model-only.log"))?;
+    let mut side = Side { ready, ..Default::default() };
+    run::solo_rounds(&mut worker, 1, settings, &mut side)?;
+    side.peak_rss_kb = worker.finish()?;
+    let prompt_ids = side.ready["prompt_ids"].as_u64().unwrap_or(0) as usize;
+    out.model_only = Some(side);
+    let agreement::Outputs::Captions(captions) = agreement::Outputs::read(&outputs)? else {
+        bail!("{}: expected captions", outputs.display());
+    };
+    let new: Vec<usize> = captions.iter().map(|c| c.token_ids.len().saturating_sub(prompt_ids)).collect();
+    if !new.is_empty() {
+        let mean = new.iter().sum::<usize>() as f64 / new.len() as f64;
+        out.new_tokens = Some((*new.iter().min().unwrap(), mean, *new.iter().max().unwrap()));
+    }
+    use capmatch_store::Catalog;
+    let catalog = capmatch_store::SqliteCatalog::open_read_only(db)?;
+    let ids: Vec<capmatch_store::ImageId> = catalog.ids()?.into_iter().map(|(id, _)| id).collect();
+    let stored: std::collections::HashMap<String, String> = catalog
+        .entries(&ids)?
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = Path::new(&e.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (name, e.captions.first().cloned().unwrap_or_default())
+        })
+        .collect();
+    let same = files
+        .iter()
+        .zip(&captions)
+        .filter(|(f, c)| f.file_name().is_some_and(|n| stored.get(n.to_string_lossy().as_ref()) == Some(&c.text)))
+        .count();
+    out.same_captions = Some((same, files.len()));
+    Ok(())
+}
+
 /// Builds the real `capmatch` binary next to this one (same profile and target dir).
-fn build_capmatch() -> Result<PathBuf> {
+pub(crate) fn build_capmatch() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no exe dir")?.to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -848,6 +850,51 @@ mod tests {
         // BLIP's workload does not pick up the BLIP-2 checkpoint, nor the other way round.
         assert!(plan(&[Workload::BlipCaption], &[Arch::Blip2Opt], &dtypes, false).is_empty());
         assert!(plan(&[Workload::Blip2Caption], &[Arch::BlipBase], &dtypes, false).is_empty());
+    }
+
+    #[test]
+    fn search_rows_keep_one_query_and_add_batches() {
+        let cases = plan(&[Workload::Search], &Arch::ALL, &["f32".to_string()], false);
+        let shapes: Vec<(usize, usize)> = cases.iter().map(|c| (c.batch, c.queries_per_call)).collect();
+        assert_eq!(shapes.len(), 9);
+        for n in [10_000, 100_000, 1_000_000] {
+            for q in [1, 64, 1024] {
+                assert!(shapes.contains(&(n, q)), "{n} × {q}");
+            }
+        }
+        for c in &cases {
+            assert_eq!(c.references, [Reference::Faiss]);
+            // The one-query rows say that faiss runs them on one thread.
+            assert_eq!(c.queries_per_call == 1, c.label.contains("faiss: 1 thread"), "{}", c.label);
+        }
+    }
+
+    #[test]
+    fn onnx_runtime_is_a_second_reference_for_the_clip_towers_in_f32() {
+        let dtypes = vec!["f32".to_string(), "bf16".to_string()];
+        for case in plan(&[Workload::ClipImage, Workload::ClipText, Workload::BlipCaption], &Arch::ALL, &dtypes, false) {
+            let clip_f32 = matches!(case.workload, Workload::ClipImage | Workload::ClipText) && case.dtype == "f32";
+            let want: &[Reference] = if clip_f32 { &[Reference::PyTorch, Reference::OnnxRuntime] } else { &[Reference::PyTorch] };
+            assert_eq!(case.references, want, "{}", case.label);
+        }
+    }
+
+    /// A row counts only with comparable sides and agreeing outputs.
+    #[test]
+    fn a_fast_row_with_different_outputs_or_starved_sides_is_not_met() {
+        let case = plan(&[Workload::ClipImage], &[Arch::ClipB32], &["f32".to_string()], false).remove(0);
+        let mut r = CaseResult { case, ours: None, refs: vec![Compared::new(Reference::PyTorch)], calls_per_round: 1, errors: Vec::new(), load: None };
+        r.refs[0].ratio = Some(2.0);
+        assert_eq!(r.met(), Some(true));
+        r.refs[0].agreement = Some(Agreement { text: "min cosine 0.99".into(), ok: Some(false) });
+        assert_eq!(r.met(), Some(false));
+        r.refs[0].agreement = Some(Agreement { text: "bf16 tokens 80 %".into(), ok: None });
+        assert_eq!(r.met(), Some(true));
+        r.refs[0].not_comparable = Some("reference used 1.6 CPUs".into());
+        assert_eq!(r.met(), Some(false));
+        r.refs[0].not_comparable = None;
+        r.refs[0].ratio = Some(1.2);
+        assert_eq!(r.met(), Some(false));
     }
 
     #[test]

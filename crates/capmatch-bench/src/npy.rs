@@ -1,6 +1,6 @@
-//! Reading the 2-D little-endian float32 `.npy` files the harness shares with faiss.
+//! Reading and writing the 2-D little-endian `.npy` files the harness shares with faiss.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -19,7 +19,7 @@ impl Matrix {
 }
 
 /// Parses the header of a version 1/2/3 `.npy` file: (shape, header length in bytes).
-fn header(bytes: &[u8]) -> Result<(Vec<usize>, usize)> {
+fn header(bytes: &[u8], descr: &str) -> Result<(Vec<usize>, usize)> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         bail!("not a .npy file");
     }
@@ -34,8 +34,8 @@ fn header(bytes: &[u8]) -> Result<(Vec<usize>, usize)> {
         v => bail!("unsupported .npy version {v}"),
     };
     let text = std::str::from_utf8(bytes.get(start..start + len).context("truncated .npy header")?)?;
-    if !text.contains("'descr': '<f4'") {
-        bail!("expected little-endian float32 (descr '<f4'), header is {text}");
+    if !text.contains(&format!("'descr': '{descr}'")) {
+        bail!("expected elements of type {descr}, header is {text}");
     }
     if text.contains("'fortran_order': True") {
         bail!("expected C order");
@@ -59,7 +59,7 @@ pub fn read(path: &Path) -> Result<Matrix> {
     let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut head = vec![0u8; 4096];
     let n = file.read(&mut head)?;
-    let (shape, offset) = header(&head[..n]).with_context(|| path.display().to_string())?;
+    let (shape, offset) = header(&head[..n], "<f4").with_context(|| path.display().to_string())?;
     let (rows, cols) = match shape.as_slice() {
         [r, c] => (*r, *c),
         other => bail!("{}: expected a 2-D array, shape is {other:?}", path.display()),
@@ -76,6 +76,43 @@ pub fn read(path: &Path) -> Result<Matrix> {
         }
     }
     Ok(Matrix { rows, cols, data })
+}
+
+/// A 2-D array of little-endian i64 (the truth files), row-major.
+pub fn read_i64(path: &Path) -> Result<Vec<i64>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (shape, offset) = header(&bytes, "<i8").with_context(|| path.display().to_string())?;
+    let count: usize = shape.iter().product();
+    let data = bytes.get(offset..offset + count * 8).with_context(|| format!("{}: truncated data", path.display()))?;
+    Ok(data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect())
+}
+
+/// Writes a C-order 2-D array of `descr` (`<f4`, `<i8`) elements, `bytes` little-endian.
+fn write_raw(path: &Path, descr: &str, rows: usize, cols: usize, bytes: &[u8]) -> Result<()> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}").into_bytes();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    file.write_all(b"\x93NUMPY\x01\x00")?;
+    file.write_all(&(header.len() as u16).to_le_bytes())?;
+    file.write_all(&header)?;
+    file.write_all(bytes)?;
+    file.flush()?;
+    Ok(())
+}
+
+pub fn write_f32(path: &Path, rows: usize, cols: usize, data: &[f32]) -> Result<()> {
+    assert_eq!(data.len(), rows * cols);
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write_raw(path, "<f4", rows, cols, &bytes)
+}
+
+pub fn write_i64(path: &Path, rows: usize, cols: usize, data: &[i64]) -> Result<()> {
+    assert_eq!(data.len(), rows * cols);
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write_raw(path, "<i8", rows, cols, &bytes)
 }
 
 #[cfg(test)]
@@ -102,6 +139,9 @@ mod tests {
         let m = read(&path).unwrap();
         assert_eq!((m.rows, m.cols), (2, 3));
         assert_eq!(m.row(1), &[4., 5., 6.]);
+        let again = dir.join("again.npy");
+        write_f32(&again, 2, 3, &m.data).unwrap();
+        assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&path).unwrap(), "written as numpy writes it");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -115,29 +115,34 @@ pub fn ensure_checkpoint(paths: &Paths, arch: Arch) -> Result<PathBuf> {
 /// The real image files (PNG/JPEG) under `src`, sorted, keeping those at least `min_side`
 /// pixels on their short side.
 pub fn real_images(src: &Path, min_side: u32) -> Result<Vec<PathBuf>> {
+    let png_or_jpeg = |path: &Path| {
+        matches!(path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(), Some("png" | "jpg" | "jpeg"))
+    };
+    let out: Vec<PathBuf> = files_under(src, png_or_jpeg)?
+        .into_iter()
+        .filter(|path| image::image_dimensions(path).is_ok_and(|(w, h)| w.min(h) >= min_side))
+        .collect();
+    if out.is_empty() {
+        bail!("no PNG/JPEG images of at least {min_side} px under {}", src.display());
+    }
+    Ok(out)
+}
+
+/// The files under `dir` (recursively) that `keep` accepts, sorted by path.
+fn files_under(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    let mut stack = vec![src.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
-                Some("png" | "jpg" | "jpeg")
-            ) {
-                if let Ok((w, h)) = image::image_dimensions(&path) {
-                    if w.min(h) >= min_side {
-                        out.push(path);
-                    }
-                }
+            } else if keep(&path) {
+                out.push(path);
             }
         }
     }
     out.sort();
-    if out.is_empty() {
-        bail!("no PNG/JPEG images of at least {min_side} px under {}", src.display());
-    }
     Ok(out)
 }
 
@@ -174,21 +179,47 @@ pub fn ensure_sized_inputs(paths: &Paths, src: &[PathBuf], size: u32, count: usi
     Ok(dir)
 }
 
-/// Folder of `count` real image files, copied unchanged, for `capmatch index`.
-pub fn ensure_index_folder(paths: &Paths, src: &[PathBuf], name: &str, count: usize) -> Result<PathBuf> {
-    let dir = paths.root.join("index-images").join(format!("{name}-{count}"));
+/// Folders of real image files, copied unchanged, for `capmatch index`: `big` files, and
+/// the first `small` of them (the big run's extra images are then exactly the rest).
+pub fn ensure_index_folders(paths: &Paths, src: &[PathBuf], small: usize, big: usize) -> Result<(PathBuf, PathBuf)> {
+    let files = spread(src, big);
+    let small_dir = fill_folder(&paths.root.join("index-images").join(format!("real-{small}-of-{big}")), &files[..small.min(big)])?;
+    let big_dir = fill_folder(&paths.root.join("index-images").join(format!("real-{big}")), &files)?;
+    Ok((small_dir, big_dir))
+}
+
+/// `dir/photos/0000.png`, ... copies of `files`, unless a finished copy is there.
+fn fill_folder(dir: &Path, files: &[PathBuf]) -> Result<PathBuf> {
     if dir.join(".done").is_file() {
-        return Ok(dir);
+        return Ok(dir.to_path_buf());
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
     let photos = dir.join("photos");
     std::fs::create_dir_all(&photos)?;
-    for (i, path) in spread(src, count).iter().enumerate() {
+    for (i, path) in files.iter().enumerate() {
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("png");
         std::fs::copy(path, photos.join(format!("{i:04}.{ext}")))?;
     }
     std::fs::write(dir.join(".done"), "")?;
-    Ok(dir)
+    Ok(dir.to_path_buf())
+}
+
+/// The image files under `dir`, sorted by path (the order `capmatch index` takes them in).
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    files_under(dir, |p| capmatch_core::image_io::is_image_path(p))
+}
+
+/// A CLIP tower of `arch`'s checkpoint exported to ONNX (f32) for the ONNX Runtime
+/// reference, made once.
+pub fn ensure_onnx(paths: &Paths, arch: Arch, tower: &str) -> Result<PathBuf> {
+    let file = paths.root.join("onnx").join(format!("{}-{tower}.onnx", arch.id()));
+    if !file.is_file() {
+        let tmp = file.with_extension("partial.onnx");
+        let model = paths.checkpoint(arch);
+        python_utility(paths, &["export-onnx", "--model", model.to_str().unwrap(), "--tower", tower, "--out", tmp.to_str().unwrap()])?;
+        std::fs::rename(tmp, &file)?;
+    }
+    Ok(file)
 }
 
 fn python_utility(paths: &Paths, args: &[&str]) -> Result<()> {

@@ -1,12 +1,13 @@
 //! Child processes: the line-oriented JSON worker protocol shared by our worker
 //! (`capmatch-bench worker ...`) and the reference (`tools/reference/bench_reference.py`),
-//! CPU time from `/proc`, and peak RSS from `wait4`.
+//! CPU time and peak RSS from `/proc`, exit status from `wait4`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -54,10 +55,37 @@ pub fn run_measured(mut cmd: Command, log: &Path) -> Result<Exit> {
     cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
     let start = Instant::now();
     let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    let (code, success, max_rss_kb) = wait4(child.id())?;
+    let pid = child.id();
+    // ru_maxrss is not the child's own peak: Linux carries the high-water mark of the
+    // address space the child was spawned from (this harness's, which holds whole vector
+    // sets) across exec. The peak of the child's own address space is `VmHWM`, read while
+    // it runs (monotonic, so a sample every few milliseconds misses only what the last
+    // moments before exit add).
+    let running = AtomicBool::new(true);
+    let (exit, peak) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut peak = 0;
+            while running.load(Ordering::Acquire) {
+                peak = peak.max(vm_hwm_kb(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        let exit = wait4(pid).map(|e| (e, start.elapsed().as_secs_f64()));
+        running.store(false, Ordering::Release);
+        (exit, watcher.join().unwrap_or(0))
+    });
+    let ((code, success, _), wall_secs) = exit?;
     // The child is reaped: dropping the handle neither waits nor kills.
     drop(child);
-    Ok(Exit { success, code, max_rss_kb, wall_secs: start.elapsed().as_secs_f64() })
+    Ok(Exit { success, code, max_rss_kb: peak, wall_secs })
+}
+
+/// The peak resident set size of a live process's own address space, in KiB.
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// CPU seconds (user + system) a live process has used so far.
@@ -91,6 +119,8 @@ pub struct Round {
     pub items: f64,
     /// CPU seconds of the worker during the round divided by its wall time.
     pub cpu_util: Option<f64>,
+    /// The worker's resident set at the end of the round, as it reported it.
+    pub rss_kb: Option<u64>,
 }
 
 impl Worker {
@@ -149,7 +179,7 @@ impl Worker {
             (Some(a), Some(b)) if secs > 0.0 => Some((b - a) / secs),
             _ => None,
         };
-        Ok(Round { secs, items, cpu_util })
+        Ok(Round { secs, items, cpu_util, rss_kb: v["rss_kb"].as_u64() })
     }
 
     /// Closes stdin, waits for the exit and returns the peak RSS (KiB) from `wait4`.
@@ -191,4 +221,13 @@ pub fn capture(program: &str, args: &[&str]) -> Option<String> {
 pub fn mem_available_kb() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Writes back dirty pages and drops the page cache (`/proc/sys/vm/drop_caches`), so that a
+/// worker loads its model from disk into free memory rather than competing with the file
+/// pages of the one before it. Needs root; false where it is not allowed.
+pub fn drop_page_cache() -> bool {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }

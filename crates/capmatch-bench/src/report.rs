@@ -5,8 +5,9 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::prepare::{Arch, Paths};
-use crate::{median, proc, CaseResult, IndexResult, Settings, Side, Workload};
+use crate::prepare::Paths;
+use crate::stats::{median, throughput_ratio_if_different};
+use crate::{proc, CaseResult, Compared, IndexResult, Settings, Side, Workload};
 
 pub const MARKER: &str = "<!-- end of generated section: text below this line is kept when capmatch-bench rewrites the file -->";
 
@@ -72,7 +73,7 @@ impl Report {
             .ok()
             .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
         if let Some(py) = py {
-            for k in ["python", "torch", "transformers", "faiss", "numpy"] {
+            for k in ["python", "torch", "transformers", "onnxruntime", "faiss", "numpy"] {
                 versions.push((k.into(), py[k].as_str().unwrap_or("?").to_string()));
             }
         }
@@ -91,30 +92,45 @@ impl Report {
 
     pub fn summary_table(&self) -> String {
         let mut t = String::new();
-        t.push_str("| workload | case | capmatch | reference | speed ratio | target | |\n");
-        t.push_str("|---|---|---:|---:|---:|---:|---|\n");
+        t.push_str("| workload | case | capmatch | reference | speed ratio | target | | outputs |\n");
+        t.push_str("|---|---|---:|---:|---:|---:|---|---|\n");
         for r in &self.cases {
-            let reference = match r.case.workload {
-                Workload::Search => "faiss IndexFlatIP",
-                _ => "PyTorch",
-            };
             let ours = r.ours.as_ref().map(|s| rate(r, s)).unwrap_or_else(|| "—".into());
-            let refv = r.reference.as_ref().map(|s| rate(r, s)).unwrap_or_else(|| "—".into());
-            // † marks a ratio of medians from sides run one after the other (see the text).
-            let sequential = if r.case.sequential.is_some() { " †" } else { "" };
-            let ratio = r.ratio.map(|x| format!("{x:.2}×{sequential}")).unwrap_or_else(|| "—".into());
-            let target = r.case.target.map(|t| t.text()).unwrap_or_default();
-            let met = match (r.ratio, r.case.target) {
-                (Some(x), Some(t)) if t.met(x) => "✅",
-                (Some(_), Some(_)) => "❌",
-                _ if !r.errors.is_empty() => "error",
-                _ => "",
-            };
-            let _ = writeln!(t, "| {} | {} | {ours} | {reference} {refv} | {ratio} | {target} | {met} |", r.case.workload.name(), r.case.label);
+            if r.refs.is_empty() {
+                let _ = writeln!(t, "| {} | {} | {ours} | — | — | | error | |", r.case.workload.name(), r.case.label);
+            }
+            for (i, c) in r.refs.iter().enumerate() {
+                let refv = c.side.as_ref().map(|s| rate(r, s)).unwrap_or_else(|| "—".into());
+                let ratio = ratio_text(r, c);
+                // The target is about the first reference; the others are shown for context.
+                let target = if i == 0 { r.case.target.map(|t| t.text()).unwrap_or_default() } else { "—".into() };
+                let met = if i > 0 {
+                    ""
+                } else if c.not_comparable.is_some() {
+                    "not comparable"
+                } else if c.agreement.as_ref().is_some_and(|a| a.disagrees()) {
+                    "❌ outputs differ"
+                } else {
+                    match r.met() {
+                        Some(true) => "✅",
+                        Some(false) => "❌",
+                        None if !r.errors.is_empty() => "error",
+                        None => "",
+                    }
+                };
+                let outputs = c.agreement.as_ref().map(|a| a.text.replace('|', "\\|")).unwrap_or_else(|| "—".into());
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {ours} | {} {refv} | {ratio} | {target} | {met} | {outputs} |",
+                    r.case.workload.name(),
+                    r.case.label,
+                    c.reference.name()
+                );
+            }
         }
         if let Some(ix) = &self.index {
-            let (end_to_end, marginal) = index_rates(ix);
-            let model_only = model_only_rate(&self.cases);
+            let (_, marginal) = index_rates(ix);
+            let model_only = ix.model_only.as_ref().map(|s| 1.0 / s.median_per_item());
             let ratio = match (marginal, model_only) {
                 (Some(m), Some(mo)) => format!("{:.2}× of model-only", m / mo),
                 _ => "—".into(),
@@ -124,14 +140,19 @@ impl Report {
                 (Some(_), Some(_)) => "❌",
                 _ => "",
             };
+            let outputs = match (ix.same_captions, ix.new_tokens) {
+                (Some((same, all)), Some((lo, mean, hi))) => {
+                    format!("captions identical to the index's {same}/{all}; {mean:.1} generated tokens per caption ({lo}–{hi})")
+                }
+                _ => "—".into(),
+            };
             let _ = writeln!(
                 t,
-                "| index | {} real files, batch 8, f32, ViT-B/32 + BLIP base | {} | model-only {} | {ratio} | ≥ 0.85× | {met} |",
+                "| index | {} real files, batch 8, f32, ViT-B/32 + BLIP base, captioner defaults | {} | model-only {} | {ratio} | ≥ 0.85× | {met} | {outputs} |",
                 ix.images_big,
                 marginal.map(|m| format!("{m:.2} images/s")).unwrap_or_else(|| ix.error.clone().map(|_| "error".into()).unwrap_or("—".into())),
                 model_only.map(|m| format!("{m:.2} images/s")).unwrap_or_else(|| "—".into()),
             );
-            let _ = end_to_end;
         }
         t
     }
@@ -164,11 +185,20 @@ impl Report {
         md.push_str(
             "Throughput (or search latency) is the median over timed rounds. **Speed ratio = reference time ÷ \
              capmatch time**, the median over interleaved pairs of rounds (ours, ref, ours, ref, …): \
-             above 1 capmatch is faster. Targets from issue 5: ≥ 1.3× PyTorch at the same dtype for the CLIP \
-             towers and BLIP, ≤ faiss latency for search (ratio ≥ 1), `capmatch index` within 15 % of the \
-             model-only throughput; from issue 6: BLIP-2 captioning faster than transformers at the same dtype \
-             (> 1.0×). † = the two sides did not fit in memory together, so they ran one after the other and \
-             the ratio is that of the medians (no interleaved pairs; see the notes).\n\n",
+             above 1 capmatch is faster. The two throughput columns are each side's own median, so their \
+             quotient can differ a little from the ratio; where it differs by more than 3 % it is shown in \
+             brackets beside the ratio (the machine's speed drifted during the case: the paired ratio is the \
+             one to trust, as each pair ran under the same conditions). Targets from issue 5: ≥ 1.3× PyTorch at \
+             the same dtype for the CLIP towers and BLIP, ≤ faiss latency for search (ratio ≥ 1), `capmatch \
+             index` within 15 % of the model-only throughput; from issue 6: BLIP-2 captioning faster than \
+             transformers at the same dtype (> 1.0×). ONNX Runtime rows have no target: a second reference for \
+             the CLIP towers in f32. † = the sides did not fit in memory together, so they ran one after the \
+             other and the ratio is that of the medians (no interleaved pairs; see the notes); such a row is \
+             *not comparable* when either side used under 90 % of its threads' CPU. **Outputs**: the two sides' \
+             outputs on the timed inputs (issue 17): f32 embeddings need cosine ≥ 0.9999 on every item and bf16 \
+             ≥ 0.999, f32 token ids must be identical, search results identical (ids and order); a row whose \
+             outputs differ is not met whatever its speed. bf16 captions report the share of generated tokens \
+             that agree up to each caption's first difference.\n\n",
         );
         md.push_str(&self.summary_table());
         md.push_str("\n## Details\n\n");
@@ -177,87 +207,22 @@ impl Report {
              workers, so a machine otherwise quiet reads about 1–2 on 2 cores; PyTorch's OpenMP threads suffer far more than ours from other processes competing for the \
              cores, so rows with a high load overstate the speed ratio). \
              CPU = CPU time of the worker during its rounds ÷ wall time (2.0 = both cores busy). \
-             Idle-side CPU = the largest share of a round the *other* (waiting) worker spent on the CPU; \
-             near 0 means the interleaving did not make the sides compete. Peak RSS from `wait4` on each \
+             Idle-side CPU = the largest share of a round the *other* (waiting) workers spent on the CPU \
+             together; near 0 means the interleaving did not make the sides compete. One line per reference: \
+             rows with two references (PyTorch and ONNX Runtime) share our side's rounds. Peak RSS from `wait4` on each \
              worker process (model load included; it also counts the pages of the memory-mapped checkpoint \
              while they are read, so it can exceed the steady footprint by the file's size).\n\n",
         );
-        md.push_str("| workload | case | load | calls/round | rounds | capmatch per item (median, min–max) | reference per item | CPU ours / ref | idle-side CPU | peak RSS ours / ref | notes |\n");
-        md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        md.push_str("| workload | case | reference | load | calls/round | rounds | capmatch per item (median, min–max) | reference per item | CPU ours / ref | idle-side CPU | peak RSS ours / ref | notes |\n");
+        md.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in &self.cases {
-            let per = |s: &Option<Side>| {
-                s.as_ref()
-                    .map(|s| {
-                        let min = s.per_item.iter().cloned().fold(f64::INFINITY, f64::min);
-                        let max = s.per_item.iter().cloned().fold(0.0, f64::max);
-                        format!("{} ({}–{})", ms(s.median_per_item()), ms(min), ms(max))
-                    })
-                    .unwrap_or_else(|| "—".into())
-            };
-            let cpu = |s: &Option<Side>| s.as_ref().map(|s| format!("{:.2}", median(&s.cpu_util))).unwrap_or_else(|| "—".into());
-            // Sides run one after the other have no waiting side to measure.
-            let idle = match r.case.sequential {
-                Some(_) => "—".to_string(),
-                None => {
-                    let max = [&r.ours, &r.reference]
-                        .iter()
-                        .filter_map(|s| s.as_ref())
-                        .flat_map(|s| s.idle_other_cpu.iter().cloned())
-                        .fold(0.0f64, f64::max);
-                    format!("{max:.2}")
-                }
-            };
-            let rss = |s: &Option<Side>| s.as_ref().map(|s| mib(s.peak_rss_kb)).unwrap_or_else(|| "—".into());
-            let rounds = r.ours.as_ref().map(|s| s.per_item.len()).unwrap_or(0).max(r.reference.as_ref().map(|s| s.per_item.len()).unwrap_or(0));
-            let mut notes: Vec<String> = Vec::new();
-            if r.case.workload == Workload::Search {
-                for (name, s) in [("capmatch", &r.ours), ("faiss", &r.reference)] {
-                    if let Some(s) = s {
-                        let before = s.ready["rss_before_load_kb"].as_u64().unwrap_or(0);
-                        let after = s.ready["rss_after_build_kb"].as_u64().unwrap_or(0);
-                        notes.push(format!("{name} index memory {}", mib(after.saturating_sub(before))));
-                    }
-                }
+            for c in &r.refs {
+                md.push_str(&details_row(r, c));
             }
-            if let Some(why) = &r.case.sequential {
-                notes.push(why.clone());
-            }
-            if matches!(r.case.workload, Workload::BlipCaption | Workload::Blip2Caption) {
-                if let Some(n) = r.ours.as_ref().and_then(|s| s.ready["token_ids_len"].as_u64()) {
-                    notes.push(format!("capmatch ids per caption {n}"));
-                }
-                if let Some(shape) = r.reference.as_ref().map(|s| s.ready["output_shape"].clone()).filter(|v| !v.is_null()) {
-                    notes.push(format!("reference output ids {shape}"));
-                }
-            }
-            if r.case.workload == Workload::ClipText {
-                if let Some(t) = r.reference.as_ref().map(|s| s.ready["token_lengths"].clone()).filter(|v| !v.is_null()) {
-                    notes.push(format!("token lengths {t}"));
-                }
-            }
-            for e in &r.errors {
-                notes.push(format!("error: {}", e.lines().next().unwrap_or("").replace('|', "\\|")));
-            }
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {rounds} | {} | {} | {} / {} | {} | {} / {} | {} |",
-                r.case.workload.name(),
-                r.case.label,
-                r.load.map(|l| format!("{l:.2}")).unwrap_or_default(),
-                r.calls_per_round,
-                per(&r.ours),
-                per(&r.reference),
-                cpu(&r.ours),
-                cpu(&r.reference),
-                idle,
-                rss(&r.ours),
-                rss(&r.reference),
-                notes.join("; ")
-            );
         }
         if let Some(ix) = &self.index {
             md.push_str("\n## `capmatch index` end to end\n\n");
-            md.push_str(&index_section(ix, &self.cases));
+            md.push_str(&index_section(ix));
         }
         md.push_str("\n## Method\n\n");
         let _ = writeln!(md, "- Rounds: {}.", self.settings);
@@ -265,9 +230,22 @@ impl Report {
             "- Each side is a long-lived worker process (ours: `capmatch-bench worker …`; reference: \
              `bench_reference.py … --serve`) that loads the model and warms up before any timed round; the two \
              load one after the other and are then driven alternately, so both see the same machine state. \
-             Where both would need more memory than is available (estimated from the checkpoint's weights in the \
+             Where all would need more memory than is available (estimated from the checkpoint's weights in the \
              case's dtype against `MemAvailable`; BLIP-2 OPT-2.7b's weights alone are 15.5 GB a side in f32), each side is \
-             loaded, timed and ended before the other starts instead (rows marked †).\n\
+             loaded, timed and ended before the other starts instead (rows marked †), after `sync` and dropping the page \
+             cache (`/proc/sys/vm/drop_caches`, as root); the notes give the memory available before each side loaded, \
+             its RSS during the rounds and its CPU use.\n\
+             - Outputs: each worker writes what its warm-up call produced (the inputs every timed call gets: the \
+             same images, captions, or the first queries of the search) and the harness compares them; search rows \
+             compare the top 10 of up to 64 queries. For the batched search rows our side is capmatch-eval's blockwise \
+             scorer, which ranks given items rather than returning a top k: its results are checked by giving it \
+             `Gallery::search`'s top 10 of each checked query as the only relevant items, which it must rank exactly in \
+             the first 10 places, and `Gallery::search`'s ids are compared with faiss's.\n\
+             - ONNX Runtime: the CLIP towers exported from the same checkpoints (`bench_reference.py export-onnx`: \
+             TorchScript exporter, opset 17, f32, projected features), run by `onnxruntime.InferenceSession` on the CPU \
+             provider with its default graph optimisations (`ORT_ENABLE_ALL`) and `intra_op_num_threads` = the \
+             threads used, inputs from the same transformers processor in NumPy. f32 only: its CPU provider has no \
+             bf16 matrix products.\n\
              - Models: full-size checkpoints with random weights of the real shapes (`bench-models/`, made by \
              `tools/reference/make_random_checkpoint.py`). Random weights cost the same arithmetic as trained ones; \
              BLIP and BLIP-2 are forced to exactly 20 new tokens (min = max new tokens) so both sides decode the same length. \
@@ -281,14 +259,24 @@ impl Report {
              - Reference dtype: the model is loaded with `dtype=torch.bfloat16` for bf16 (as a user would), \
              inputs cast to the model dtype, under `torch.inference_mode()`.\n\
              - Text: 32 captions that the CLIP tokenizer turns into exactly 20 tokens (start/end included).\n\
-             - Search: L2-normalised random 512-d float32 vectors in a `.npy` file both sides read; one query per \
-             call (the interactive case), top 10. capmatch uses `capmatch_store::ExactIndex::search` (memory-mapped, as `capmatch search` opens it) in caption \
-             mode with each vector as the entry's caption and image embedding (the gallery holds both matrices, \
-             which its memory figure includes); faiss uses `IndexFlatIP`.\n\
+             - Search: L2-normalised random 512-d float32 vectors in a `.npy` file both sides read, 1024 query \
+             vectors, top 10. capmatch uses `capmatch_store::ExactIndex` (memory-mapped, opened as `capmatch search` \
+             opens it) in caption mode with each vector as the entry's caption and image embedding (the index holds \
+             both matrices, which its memory figure includes). One query per call (the interactive case): \
+             `ExactIndex::search`, parallel over the gallery; faiss `IndexFlatIP.search` with one query, which faiss \
+             runs on **one thread** (it parallelises over queries), so these rows are our two threads against its \
+             one. 64 and 1024 queries per call (eval, inspect): `ExactIndex::search_many`, which scores the batch \
+             against the gallery together; faiss uses every thread (BLAS products). Both return the top 10; the \
+             first 64 queries' results are compared.\n\
              - `capmatch index`: the real binary on folders of real PNG files (alpha, odd sizes), fresh database \
-             each time; peak RSS from `wait4`. The per-extra-image rate ((big − small) images ÷ (big − small) \
-             wall time) leaves out start-up; model-only = 1 ÷ (image embedding at batch 8 + caption embedding \
-             + greedy captioning (BLIP base, batch of the caption row), all f32, capmatch side of the rows above).\n",
+             each time; peak RSS from `wait4`. The big folder starts with the small folder's files, so the \
+             per-extra-image rate ((big − small) images ÷ (big − small) wall time) is that of the big folder's \
+             other files, with start-up left out. Model-only = the same files' model work timed alone by \
+             `capmatch-bench worker index-models`, done as the indexer does it: decoded beforehand, batches of 8, \
+             captioned with the captioner's defaults (BLIP: prompt \"a picture of\", greedy, up to 20 new tokens, \
+             stopping at [SEP], as `capmatch index` has no token options), captions and images embedded, f32. Its \
+             captions are compared with those the index stored: identical captions mean the same generated tokens on \
+             both sides, whose count is reported.\n",
         );
         md.push('\n');
         md.push_str(MARKER);
@@ -337,67 +325,162 @@ fn index_rates(ix: &IndexResult) -> (Option<f64>, Option<f64>) {
     (Some(end_to_end), marginal)
 }
 
-/// Images/s of the models alone for the index's configuration (f32, batch 8, ViT-B/32 and
-/// BLIP base greedy), from our side of the paired cases.
-fn model_only_rate(cases: &[CaseResult]) -> Option<f64> {
-    let find = |w: Workload, arch: Arch, batch: Option<usize>| {
-        cases
-            .iter()
-            .filter(|r| r.case.workload == w && r.case.arch == Some(arch) && r.case.dtype == "f32" && r.case.beams == 1)
-            .filter(|r| batch.is_none_or(|b| r.case.batch == b))
-            .find_map(|r| r.ours.as_ref().map(Side::median_per_item))
+/// The ratio column: the paired ratio, † for sides run one after the other, and the ratio the
+/// throughput columns imply when it differs (see [`throughput_ratio_if_different`]).
+fn ratio_text(r: &CaseResult, c: &Compared) -> String {
+    let Some(x) = c.ratio else { return "—".into() };
+    let sequential = if r.case.sequential.is_some() { " †" } else { "" };
+    let differs = match (&r.ours, &c.side, &r.case.sequential) {
+        (Some(o), Some(s), None) => throughput_ratio_if_different(&o.per_item, &s.per_item),
+        _ => None,
     };
-    let image = find(Workload::ClipImage, Arch::ClipB32, Some(8))?;
-    let text = find(Workload::ClipText, Arch::ClipB32, None)?;
-    let caption = find(Workload::BlipCaption, Arch::BlipBase, None)?;
-    Some(1.0 / (image + text + caption))
+    match differs {
+        Some(t) => format!("{x:.2}×{sequential} (throughputs: {t:.2}×)"),
+        None => format!("{x:.2}×{sequential}"),
+    }
 }
 
-fn index_section(ix: &IndexResult, cases: &[CaseResult]) -> String {
+fn details_row(r: &CaseResult, c: &Compared) -> String {
+    let per = |s: &Option<Side>| {
+        s.as_ref()
+            .map(|s| {
+                let min = s.per_item.iter().cloned().fold(f64::INFINITY, f64::min);
+                let max = s.per_item.iter().cloned().fold(0.0, f64::max);
+                format!("{} ({}–{})", ms(s.median_per_item()), ms(min), ms(max))
+            })
+            .unwrap_or_else(|| "—".into())
+    };
+    let cpu = |s: &Option<Side>| s.as_ref().map(|s| format!("{:.2}", median(&s.cpu_util))).unwrap_or_else(|| "—".into());
+    // Sides run one after the other have no waiting side to measure.
+    let idle = match r.case.sequential {
+        Some(_) => "—".to_string(),
+        None => {
+            let max = [&r.ours, &c.side].iter().filter_map(|s| s.as_ref()).flat_map(|s| s.idle_other_cpu.iter().cloned()).fold(0.0f64, f64::max);
+            format!("{max:.2}")
+        }
+    };
+    let rss = |s: &Option<Side>| s.as_ref().map(|s| mib(s.peak_rss_kb)).unwrap_or_else(|| "—".into());
+    let rounds = r.ours.as_ref().map(|s| s.per_item.len()).unwrap_or(0).max(c.side.as_ref().map(|s| s.per_item.len()).unwrap_or(0));
+    let mut notes: Vec<String> = Vec::new();
+    if r.case.workload == Workload::Search {
+        for (name, s) in [("capmatch", &r.ours), ("faiss", &c.side)] {
+            if let Some(s) = s {
+                let before = s.ready["rss_before_load_kb"].as_u64().unwrap_or(0);
+                let after = s.ready["rss_after_build_kb"].as_u64().unwrap_or(0);
+                notes.push(format!("{name} index memory {}", mib(after.saturating_sub(before))));
+            }
+        }
+        if let Some(check) = r.ours.as_ref().and_then(|s| s.ready["scorer_agrees_with_gallery"].as_str()) {
+            notes.push(format!("batched scorer ranks Gallery::search's top 10 first for {check} checked queries"));
+        }
+    }
+    if let Some(why) = &r.case.sequential {
+        notes.push(why.clone());
+        for (name, s) in [("capmatch", &r.ours), (c.reference.name(), &c.side)] {
+            if let Some(s) = s {
+                let dropped = match s.page_cache_dropped {
+                    Some(true) => "page cache dropped",
+                    Some(false) => "page cache NOT dropped (not permitted)",
+                    None => "",
+                };
+                let available = s.mem_available_kb.map(|kb| format!("{:.1} GiB available", kb as f64 / 1048576.0)).unwrap_or_default();
+                notes.push(format!("{name}: {dropped}, {available} before loading, RSS in rounds {}", mib(s.round_rss_kb)));
+            }
+        }
+    }
+    if let Some(why) = &c.not_comparable {
+        notes.push(format!("**{why}**"));
+    }
+    if matches!(r.case.workload, Workload::BlipCaption | Workload::Blip2Caption) {
+        if let Some(n) = r.ours.as_ref().and_then(|s| s.ready["token_ids_len"].as_u64()) {
+            notes.push(format!("capmatch ids per caption {n}"));
+        }
+        if let Some(shape) = c.side.as_ref().map(|s| s.ready["output_shape"].clone()).filter(|v| !v.is_null()) {
+            notes.push(format!("reference output ids {shape}"));
+        }
+    }
+    if r.case.workload == Workload::ClipText {
+        if let Some(t) = c.side.as_ref().map(|s| s.ready["token_lengths"].clone()).filter(|v| !v.is_null()) {
+            notes.push(format!("token lengths {t}"));
+        }
+    }
+    for e in &r.errors {
+        notes.push(format!("error: {}", e.lines().next().unwrap_or("").replace('|', "\\|")));
+    }
+    format!(
+        "| {} | {} | {} | {} | {} | {rounds} | {} | {} | {} / {} | {idle} | {} / {} | {} |\n",
+        r.case.workload.name(),
+        r.case.label,
+        c.reference.name(),
+        r.load.map(|l| format!("{l:.2}")).unwrap_or_default(),
+        r.calls_per_round,
+        per(&r.ours),
+        per(&c.side),
+        cpu(&r.ours),
+        cpu(&c.side),
+        rss(&r.ours),
+        rss(&c.side),
+        notes.join("; ")
+    )
+}
+
+fn index_section(ix: &IndexResult) -> String {
     let mut s = String::new();
-    if let Some(e) = &ix.error {
-        let _ = writeln!(s, "Failed: `{}`\n", e.lines().next().unwrap_or(""));
-        let _ = writeln!(s, "```\n{e}\n```");
-        return s;
+    if ix.wall_big <= 0.0 {
+        if let Some(e) = &ix.error {
+            let _ = writeln!(s, "Failed: `{}`\n", e.lines().next().unwrap_or(""));
+            let _ = writeln!(s, "```\n{e}\n```");
+            return s;
+        }
     }
     let (end_to_end, marginal) = index_rates(ix);
-    let model_only = model_only_rate(cases);
+    let model_only = ix.model_only.as_ref().map(|s| 1.0 / s.median_per_item());
+    let extra = ix.images_big - ix.images_small;
     let _ = writeln!(s, "Command (each folder, fresh database): `{}`\n", ix.command);
     s.push_str("| | value |\n|---|---:|\n");
     let _ = writeln!(s, "| {} files: wall time | {:.1} s |", ix.images_small, ix.wall_small);
-    let _ = writeln!(s, "| {} files: wall time | {:.1} s |", ix.images_big, ix.wall_big);
+    let _ = writeln!(s, "| {} files (the {} above first): wall time | {:.1} s |", ix.images_big, ix.images_small, ix.wall_big);
     if let Some(e) = end_to_end {
         let _ = writeln!(s, "| end to end, {} files (start-up included) | {e:.2} images/s |", ix.images_big);
     }
     if let Some(m) = marginal {
-        let _ = writeln!(s, "| per extra image (start-up excluded) | {m:.2} images/s |");
+        let _ = writeln!(s, "| per extra image ({extra} files, start-up excluded) | {m:.2} images/s |");
     }
-    if let Some(mo) = model_only {
-        let _ = writeln!(s, "| model-only (sum of the model rows) | {mo:.2} images/s |");
+    if let (Some(mo), Some(side)) = (model_only, &ix.model_only) {
+        let _ = writeln!(s, "| model-only, the same {extra} files ({} rounds, CPU {:.2}) | {mo:.2} images/s |", side.per_item.len(), median(&side.cpu_util));
         if let Some(m) = marginal {
             let _ = writeln!(s, "| index ÷ model-only (target ≥ 0.85) | {:.2} |", m / mo);
         }
-    } else {
-        s.push_str("| model-only | run with clip-image, clip-text and blip-caption to compare |\n");
+    }
+    if let Some((lo, mean, hi)) = ix.new_tokens {
+        let _ = writeln!(s, "| generated tokens per caption (model-only run) | {mean:.1} ({lo}–{hi}) |");
+    }
+    if let Some((same, all)) = ix.same_captions {
+        let _ = writeln!(s, "| captions identical to those the index stored | {same}/{all} |");
     }
     let _ = writeln!(s, "| peak RSS ({} files) | {} |", ix.images_big, mib(ix.peak_rss_kb));
     if let Some(info) = ix.info.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
         let skipped = info["skipped"].as_array().map(Vec::len).unwrap_or(0);
         let _ = writeln!(s, "\n`capmatch info` after the big run: {} images indexed, {skipped} skipped.", info["images"]);
     }
+    if let Some(e) = &ix.error {
+        let _ = writeln!(s, "\nError: `{}`", e.lines().next().unwrap_or(""));
+    }
     s
 }
 
 pub fn print_case(r: &CaseResult) {
     let ours = r.ours.as_ref().map(|s| rate(r, s)).unwrap_or_else(|| "—".into());
-    let refv = r.reference.as_ref().map(|s| rate(r, s)).unwrap_or_else(|| "—".into());
-    let ratio = r.ratio.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "—".into());
-    eprintln!("[bench]   capmatch {ours} | reference {refv} | speed ratio {ratio}");
+    for c in &r.refs {
+        let refv = c.side.as_ref().map(|s| rate(r, s)).unwrap_or_else(|| "—".into());
+        let outputs = c.agreement.as_ref().map(|a| a.text.as_str()).unwrap_or("—");
+        eprintln!("[bench]   capmatch {ours} | {} {refv} | speed ratio {} | outputs: {outputs}", c.reference.name(), ratio_text(r, c));
+    }
     for e in &r.errors {
         eprintln!("[bench]   error: {e}");
     }
 }
 
-pub fn print_index(ix: &IndexResult, cases: &[CaseResult]) {
-    eprint!("{}", index_section(ix, cases));
+pub fn print_index(ix: &IndexResult) {
+    eprint!("{}", index_section(ix));
 }

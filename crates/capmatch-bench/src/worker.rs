@@ -1,7 +1,9 @@
 //! Our side of each workload, run as a child process (`capmatch-bench worker WORKLOAD ...`)
 //! that speaks the same line protocol as `tools/reference/bench_reference.py --serve`:
 //! one `{"event": "ready", ...}` line after loading and warm-up, then for every stdin line
-//! `run N` one `{"event": "round", "secs": S, "items": I}` line timing N calls.
+//! `run N` one `{"event": "round", "secs": S, "items": I}` line timing N calls. With
+//! `--outputs FILE`, the outputs of the first call (the inputs every call gets) are written
+//! there for the harness to compare with the reference's.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -11,12 +13,12 @@ use anyhow::{bail, Context, Result};
 use capmatch_core::RgbImage;
 use serde_json::{json, Value};
 
-use crate::npy;
+use crate::agreement::Outputs;
 
 /// The flags are the reference script's, so the harness passes one argument list to both.
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// clip-image, clip-text, blip-caption, blip2-caption or search.
+    /// clip-image, clip-text, blip-caption, blip2-caption, search or index-models.
     pub workload: String,
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -28,6 +30,12 @@ pub struct WorkerArgs {
     pub images: Option<PathBuf>,
     #[arg(long)]
     pub captions: Option<PathBuf>,
+    /// The captioner of `index-models` (`--model` is then the CLIP checkpoint).
+    #[arg(long)]
+    pub captioner: Option<PathBuf>,
+    /// Image files of `index-models`, in the order the indexer takes them.
+    #[arg(long, num_args = 1..)]
+    pub files: Vec<PathBuf>,
     #[arg(long, default_value_t = 1)]
     pub beams: usize,
     #[arg(long, default_value_t = 20)]
@@ -40,8 +48,16 @@ pub struct WorkerArgs {
     pub queries: Option<PathBuf>,
     #[arg(long, default_value_t = 10)]
     pub k: usize,
+    /// Single-query searches per call (with --queries-per-call 1).
     #[arg(long, default_value_t = 20)]
     pub queries_per_round: usize,
+    /// Queries per search call: 1 is the interactive case (Gallery::search, one query at a
+    /// time); more are scored together by the batched scorer.
+    #[arg(long, default_value_t = 1)]
+    pub queries_per_call: usize,
+    /// Where to write the first call's outputs (JSON, see `agreement::Outputs`).
+    #[arg(long)]
+    pub outputs: Option<PathBuf>,
     /// Accepted for symmetry with the reference; our thread count comes from
     /// RAYON_NUM_THREADS / CANDLE_NUM_THREADS, which the harness sets.
     #[arg(long, default_value_t = 0)]
@@ -53,22 +69,37 @@ pub struct WorkerArgs {
     pub serve: bool,
 }
 
-type RoundFn = Box<dyn FnMut() -> Result<usize>>;
+/// What one call of a workload did: items processed and what it produced.
+pub struct Call {
+    pub items: usize,
+    pub outputs: Outputs,
+}
+
+/// One call of a workload (the outputs are moved out, not copied: no cost to the timing).
+pub type CallFn = Box<dyn FnMut() -> Result<Call>>;
 
 pub fn run(args: WorkerArgs) -> Result<()> {
     let t0 = Instant::now();
-    let (info, mut round_fn): (Value, RoundFn) = match args.workload.as_str() {
+    let (info, mut call): (Value, CallFn) = match args.workload.as_str() {
         "clip-image" => crate::models::clip_image(&args)?,
         "clip-text" => crate::models::clip_text(&args)?,
         // Captioner::load picks BLIP or BLIP-2 from the checkpoint's config.json.
         "blip-caption" | "blip2-caption" => crate::models::caption(&args)?,
-        "search" => search(&args)?,
+        "index-models" => crate::models::index_models(&args)?,
+        "search" => crate::search::worker(&args)?,
         other => bail!("unknown workload {other}"),
     };
     let load_secs = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
+    let mut outputs_path = args.outputs.clone();
+    let mut keep_outputs = |c: Call| -> Result<usize> {
+        if let Some(path) = outputs_path.take() {
+            c.outputs.write(&path)?;
+        }
+        Ok(c.items)
+    };
     for _ in 0..args.warmup {
-        round_fn()?;
+        keep_outputs(call()?)?;
     }
     let warmup_secs = t0.elapsed().as_secs_f64();
     let mut ready = json!({"event": "ready", "load_secs": load_secs, "warmup_secs": warmup_secs});
@@ -84,7 +115,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                 let t = Instant::now();
                 let mut items = 0;
                 for _ in 0..calls.max(1) {
-                    items += round_fn()?;
+                    items += keep_outputs(call()?)?;
                 }
                 let secs = t.elapsed().as_secs_f64();
                 let (rss, hwm) = rss_kb();
@@ -124,6 +155,22 @@ pub fn rss_kb() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Resident memory split into the process's own pages and mapped file pages, in KiB.
+/// Mapped files (the stores' vectors, a viewed graph) are page cache the kernel can drop
+/// and share; a reader of the figures needs to see which kind a backend holds.
+pub fn rss_split_kb() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:") + field("RssShmem:"))
+}
+
 /// `count` images of `folder` (sorted by name, cycled if there are fewer), decoded to RGB.
 pub fn load_images(folder: &Path, count: usize) -> Result<Vec<RgbImage>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
@@ -141,60 +188,4 @@ pub fn load_images(folder: &Path, count: usize) -> Result<Vec<RgbImage>> {
             Ok(image::open(path).with_context(|| format!("decoding {}", path.display()))?.to_rgb8())
         })
         .collect()
-}
-
-/// Exact search through the product's own path: the gallery is written once into an
-/// `ExactIndex` (memory-mapped column files, cached next to the `.npy`), every vector being
-/// both the image vector and the single caption vector of one image, then opened as
-/// `capmatch search` opens it and queried in the default `caption` mode, one query per call
-/// (the interactive case).
-fn search(args: &WorkerArgs) -> Result<(Value, RoundFn)> {
-    use capmatch_retrieval::Target;
-    use capmatch_store::exact::Access;
-    use capmatch_store::{ExactIndex, ImageId, VectorIndex, VectorQuery, VectorRecord};
-
-    let gallery_path = args.gallery.as_deref().context("--gallery")?;
-    let dir = gallery_path.with_extension("exact");
-    let (n, dim) = {
-        let m = npy::read(gallery_path)?;
-        let cached = ExactIndex::open(&dir, Access::ReadOnly, None).map(|i| i.len() == m.rows).unwrap_or(false);
-        if !cached {
-            let _ = std::fs::remove_dir_all(&dir);
-            let mut index = ExactIndex::open(&dir, Access::ReadWrite, Some("bench"))?;
-            for start in (0..m.rows).step_by(50_000) {
-                let records: Vec<VectorRecord> = (start..(start + 50_000).min(m.rows))
-                    .map(|i| VectorRecord {
-                        id: ImageId(i as u64 + 1),
-                        domain: "bench".into(),
-                        image: m.row(i).to_vec(),
-                        captions: m.row(i).to_vec(),
-                    })
-                    .collect();
-                index.upsert(&records)?;
-            }
-        }
-        (m.rows, m.cols)
-    };
-    let (rss_before, _) = rss_kb();
-    let opened = std::time::Instant::now();
-    let index = ExactIndex::open(&dir, Access::ReadOnly, Some("bench"))?;
-    let open_ms = opened.elapsed().as_secs_f64() * 1e3;
-    let queries = npy::read(args.queries.as_deref().context("--queries")?)?;
-    let (rss_after, _) = rss_kb();
-    let (k, per_round) = (args.k, args.queries_per_round);
-    let mut next = 0usize;
-    let round: RoundFn = Box::new(move || {
-        for _ in 0..per_round {
-            let q = queries.row(next % queries.rows);
-            next += 1;
-            let hits = index.search(&VectorQuery { vectors: q, target: Target::Captions, k, domain: None })?;
-            std::hint::black_box(hits);
-        }
-        Ok(per_round)
-    });
-    let info = json!({
-        "n": n, "dim": dim, "k": k, "scoring": "caption", "open_ms": open_ms,
-        "rss_before_load_kb": rss_before, "rss_after_build_kb": rss_after,
-    });
-    Ok((info, round))
 }

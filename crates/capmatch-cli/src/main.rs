@@ -4,6 +4,8 @@
 //! `capmatch-engine` (indexing, search, info over the gallery and the models) and
 //! `capmatch-eval` (the benchmark protocol). Each subcommand has its own file in `commands/`.
 
+#![forbid(unsafe_code)]
+
 mod commands;
 
 use std::path::PathBuf;
@@ -28,10 +30,22 @@ enum Command {
     Index(IndexArgs),
     /// Search an index with an image or a text.
     Search(SearchArgs),
-    /// Show what an index holds: counts per domain, models, skipped files.
+    /// Show what an index holds: counts per domain, models, skipped files, the approximate index.
     Info(InfoArgs),
+    /// Build or tune the approximate (HNSW) index that searches use past a million images.
+    #[command(subcommand)]
+    Ann(AnnCommand),
     /// Run the cross-domain retrieval benchmark protocol on a dataset folder.
     Eval(EvalArgs),
+    /// Report the similarity structure of an index: copies, cross-domain matches, clusters,
+    /// outliers, and matches against a reference domain or folder.
+    Inspect(InspectArgs),
+    /// Serve the gallery over HTTP: a search page and a JSON API.
+    Serve(ServeArgs),
+    /// Copy a gallery's vectors into another store (a Milvus collection); resumable.
+    Migrate(MigrateArgs),
+    /// Check a store against the gallery's catalog and the exact local store.
+    Verify(VerifyArgs),
 }
 
 /// Numeric precision the models run in.
@@ -187,6 +201,56 @@ pub struct IndexArgs {
     /// Largest decoded image (width × height) accepted; larger files are skipped.
     #[arg(long, default_value_t = 178_956_970)]
     pub max_pixels: u64,
+    /// Also build the approximate index if there is no usable one (an existing one takes the
+    /// run's new images by itself).
+    #[arg(long)]
+    pub ann: bool,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+}
+
+/// How the approximate index's graphs are built.
+#[derive(Args, Debug, Clone)]
+pub struct GraphArgs {
+    /// Edges per graph node (HNSW's M).
+    #[arg(long, default_value_t = capmatch_engine::ann::GraphParams::default().connectivity)]
+    pub connectivity: usize,
+    /// Breadth of the search that links each new node (efConstruction).
+    #[arg(long, default_value_t = capmatch_engine::ann::GraphParams::default().expansion_add)]
+    pub expansion_add: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AnnCommand {
+    /// Build (or rebuild) the approximate index from every indexed image.
+    Build(AnnBuildArgs),
+    /// Measure recall@k against exact search on a sample of the gallery's own images, and
+    /// set the search breadth so that the target holds.
+    Tune(AnnTuneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AnnBuildArgs {
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AnnTuneArgs {
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    /// Recall@k to reach, in caption mode and in image mode.
+    #[arg(long, default_value_t = 0.98)]
+    pub target_recall: f64,
+    /// Gallery images used as queries.
+    #[arg(long, default_value_t = 200)]
+    pub sample: usize,
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -236,6 +300,9 @@ pub struct SearchArgs {
     /// must be the recorded one).
     #[arg(long)]
     pub clip: Option<String>,
+    /// Scan every image instead of using the approximate index.
+    #[arg(long)]
+    pub exact: bool,
 }
 
 #[derive(Args, Debug)]
@@ -250,6 +317,77 @@ pub struct InfoArgs {
     /// disk) and say how to fix what is wrong; exits with status 1 if anything is.
     #[arg(long)]
     pub check: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InspectMode {
+    /// An image against the other's captions (Caption-Matching).
+    Caption,
+    /// Image vectors alone (the CLIP baseline).
+    Image,
+    /// W × caption score + (1 − W) × image score.
+    Fused,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Folder to write the report into (index.html, report.json, CSV files, thumbnails).
+    #[arg(long, default_value = "capmatch-report")]
+    pub out: PathBuf,
+    /// A reference to match the collection against: a domain of the index, or a folder
+    /// (indexed first, under a domain named after it, with the index's models). Repeatable.
+    #[arg(long, value_name = "DOMAIN|DIR")]
+    pub against: Vec<PathBuf>,
+    /// Score that decides "same subject", the clusters and the outliers.
+    #[arg(long, value_enum, default_value = "caption")]
+    pub mode: InspectMode,
+    /// Weight of the caption score in `fused` mode.
+    #[arg(long, default_value_t = 0.5)]
+    pub weight: f32,
+    /// Tier thresholds to change, e.g. `near=0.9,same=0.3,cross=0.25` [defaults, for
+    /// CLIP ViT-B/32 with BLIP captions: near 0.95 (image score); same 0.28 in caption mode,
+    /// 0.85 in image mode; cross 0.28 (caption score)].
+    #[arg(long, value_name = "NAME=VALUE,...")]
+    pub thresholds: Option<String>,
+    /// Neighbours per image in each similarity graph.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Cluster copies only (identical files and near-duplicates) instead of every tier.
+    #[arg(long)]
+    pub cluster_copies: bool,
+    /// Smallest cluster reported.
+    #[arg(long, default_value_t = 2)]
+    pub min_cluster: usize,
+    /// Largest cluster; one that reaches it is reported with a warning.
+    #[arg(long, default_value_t = 200)]
+    pub max_cluster: usize,
+    /// Most items listed per gallery (pairs per tier, clusters, matches per reference),
+    /// strongest first; counts always cover everything.
+    #[arg(long, default_value_t = 1000)]
+    pub max_pairs: usize,
+    /// Fraction of the images in each outlier list.
+    #[arg(long, default_value_t = 0.05)]
+    pub outlier_fraction: f64,
+    /// Compute the similarity graphs afresh instead of updating the ones kept in
+    /// DB.inspect/ by the last run.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the index's CLIP model is now, if not where the index recorded it (for
+    /// indexing an --against folder).
+    #[arg(long)]
+    pub clip: Option<String>,
+    /// Images per model batch when indexing an --against folder.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -291,6 +429,98 @@ pub struct EvalArgs {
     pub models: GalleryModelArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Address to listen on (127.0.0.1: this machine only).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 7860)]
+    pub port: u16,
+    /// File holding the bearer token that enables uploads and index jobs (read-only
+    /// without it; the gallery is then opened for searching only).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Largest request body (an upload, a query image), in MiB.
+    #[arg(long, default_value_t = 20)]
+    pub max_upload_mb: usize,
+    /// Folder that `POST /api/index` may index, with its subfolders (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub allow_index_root: Vec<PathBuf>,
+    /// Origin allowed to call the API from a web page elsewhere (repeatable; default: none).
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors: Vec<String>,
+    /// A static folder (the inspection report) served at /inspect.
+    #[arg(long, value_name = "DIR")]
+    pub inspect_dir: Option<PathBuf>,
+    /// CLIP checkpoint [default: the one the index was built with].
+    #[arg(long, env = "CAPMATCH_CLIP")]
+    pub clip: Option<String>,
+    /// Captioner checkpoint, for uploads and index jobs [default: the index's].
+    #[arg(long, env = "CAPMATCH_CAPTIONER")]
+    pub captioner: Option<String>,
+    /// Caption prompt for new images [default: the index's].
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Model precision [default: f32; BLIP-2 captioner weights bf16].
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// Images per model batch in uploads and index jobs.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Most concurrent searches embedded together.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// Longest a search waits for others to join its batch, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Longest a request may take, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub request_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The gallery whose local vectors are copied (its catalog stays where it is).
+    #[arg(long, value_name = "DB")]
+    pub from: PathBuf,
+    /// The store to copy them into: milvus://HOST:PORT/COLLECTION.
+    #[arg(long, value_name = "STORE")]
+    pub to: String,
+    /// File holding the Milvus token; default: the CAPMATCH_MILVUS_TOKEN environment variable.
+    #[arg(long)]
+    pub store_token_file: Option<PathBuf>,
+    /// Images per write.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[arg(long, default_value = "capmatch.db")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Gallery images searched with, in both stores.
+    #[arg(long, default_value_t = 100)]
+    pub queries: usize,
+    /// Results compared per search (recall@k).
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Lowest mean recall@k that passes (an exact store gives 1 up to float ties).
+    #[arg(long, default_value_t = 0.99)]
+    pub min_recall: f64,
+    #[arg(long)]
+    pub json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     commands::init_logging();
@@ -300,7 +530,12 @@ fn main() -> ExitCode {
         Command::Index(args) => commands::index::run(args),
         Command::Search(args) => commands::search::run(args),
         Command::Info(args) => commands::info::run(args),
+        Command::Ann(command) => commands::ann::run(command),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Migrate(args) => commands::migrate::migrate(args),
+        Command::Verify(args) => commands::migrate::verify(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

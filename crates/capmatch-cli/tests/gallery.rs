@@ -2,6 +2,8 @@
 //! fixture models, on a gallery of mixed formats with broken files; and a `capmatch index`
 //! killed with SIGKILL mid-run, then resumed.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -9,21 +11,9 @@ use std::process::{Command, Output, Stdio};
 use capmatch_core::image_io::{decode_file, DecodeLimits};
 use capmatch_core::RgbImage;
 use capmatch_engine::{Engine, QueryModels};
+use common::{model_args, workspace};
 use serde_json::Value;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn model_args() -> Vec<String> {
-    let ws = workspace();
-    vec![
-        "--clip".into(),
-        ws.join("fixtures/clip/tiny-quickgelu-p32").display().to_string(),
-        "--captioner".into(),
-        ws.join("fixtures/blip/tiny-a").display().to_string(),
-    ]
-}
 
 fn capmatch(args: &[String]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_capmatch")).args(args).env("RUST_LOG", "capmatch=info").output().unwrap()

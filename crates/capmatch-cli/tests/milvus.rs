@@ -149,3 +149,143 @@ fn two_shards_at_once_fill_the_collection_as_one_process_does() {
     ok(&["index", &dirs[0], &dirs[1], "--db", &db("s0.db"), "--store", &sharded, "--shard", "0/2"]);
     assert_eq!(counts(&sharded, "s1.db").0, 6);
 }
+
+/// (path, score) of each hit of a text search.
+fn text_hits(db: &Path, store: Option<&str>, text: &str) -> Vec<(String, f64)> {
+    let mut list = vec!["search", "--text", text, "--db", db.to_str().unwrap(), "-k", "6", "--json"];
+    if let Some(s) = store {
+        list.extend(["--store", s]);
+    }
+    hits(&ok(&list))
+}
+
+#[test]
+fn a_shard_searches_every_shards_images_with_their_paths() {
+    let Some(server) = server() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let g = gallery(root.path());
+    let dirs = [g.join("photo").display().to_string(), g.join("cartoon").display().to_string()];
+    let store = format!("milvus://{server}/{}", unique("cli_shard_search"));
+    let db = |name: &str| root.path().join(name);
+    ok(&["index", &dirs[0], &dirs[1], "--db", db("local.db").to_str().unwrap()]);
+    for i in 0..2 {
+        ok(&["index", &dirs[0], &dirs[1], "--db", db(&format!("s{i}.db")).to_str().unwrap(), "--store", &store, "--shard", &format!("{i}/2")]);
+    }
+    let want = text_hits(&db("local.db"), None, "a yellow lemon");
+    assert_eq!(want.len(), 6);
+    for i in 0..2 {
+        // Each shard's catalog knows only its own files; the others' come from the store.
+        assert_eq!(text_hits(&db(&format!("s{i}.db")), Some(&store), "a yellow lemon"), want, "searching from shard {i}");
+    }
+}
+
+#[test]
+fn a_killed_shard_rerun_leaves_every_image_once() {
+    let Some(server) = server() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let g = gallery(root.path());
+    let dirs = [g.join("photo").display().to_string(), g.join("cartoon").display().to_string()];
+    let store = format!("milvus://{server}/{}", unique("cli_kill"));
+    let db = root.path().join("s.db").display().to_string();
+    let local = root.path().join("local.db");
+    ok(&["index", &dirs[0], &dirs[1], "--db", local.to_str().unwrap()]);
+    // Killed at several points of its run (one image per batch, so each batch is a commit),
+    // then run to the end.
+    for delay_ms in [300u64, 900, 1800] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_capmatch"))
+            .args(args(&["index", &dirs[0], &dirs[1], "--db", &db, "--store", &store, "--batch", "1"]))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    ok(&["index", &dirs[0], &dirs[1], "--db", &db, "--store", &store]);
+    let info: Value = serde_json::from_str(&ok(&["info", "--db", &db, "--store", &store, "--json"])).unwrap();
+    assert_eq!(info["vectors"]["images"], 6, "every image exactly once: {info}");
+    assert_eq!(text_hits(Path::new(&db), Some(&store), "a yellow lemon"), text_hits(&local, None, "a yellow lemon"));
+    let verify: Value = serde_json::from_str(&ok(&["verify", "--db", &db, "--store", &store, "--json"])).unwrap();
+    assert_eq!(verify["missing"], 0, "{verify}");
+}
+
+#[test]
+fn migrate_copies_a_local_gallery_resumes_and_verifies() {
+    let Some(server) = server() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let g = gallery(root.path());
+    let db = root.path().join("g.db");
+    let dbs = db.to_str().unwrap();
+    let store = format!("milvus://{server}/{}", unique("cli_migrate"));
+    ok(&["index", g.join("photo").to_str().unwrap(), "--db", dbs]);
+    let first: Value = serde_json::from_str(&ok(&["migrate", "--from", dbs, "--to", &store, "--batch", "2", "--json"])).unwrap();
+    assert_eq!((first["images"].as_u64(), first["copied"].as_u64(), first["already"].as_u64()), (Some(3), Some(3), Some(0)), "{first}");
+    // The gallery grows; a second run sends only what the store lacks.
+    ok(&["index", g.join("photo").to_str().unwrap(), g.join("cartoon").to_str().unwrap(), "--db", dbs]);
+    let second: Value = serde_json::from_str(&ok(&["migrate", "--from", dbs, "--to", &store, "--json"])).unwrap();
+    assert_eq!((second["images"].as_u64(), second["copied"].as_u64(), second["already"].as_u64()), (Some(6), Some(3), Some(3)), "{second}");
+    let verify: Value = serde_json::from_str(&ok(&["verify", "--db", dbs, "--store", &store, "--json"])).unwrap();
+    assert_eq!(verify["missing"], 0, "{verify}");
+    assert_eq!(verify["compared"], true, "{verify}");
+    assert_eq!(verify["recall_caption"], 1.0, "{verify}");
+    assert_eq!(verify["recall_image"], 1.0, "{verify}");
+    assert_eq!(text_hits(&db, Some(&store), "a yellow lemon"), text_hits(&db, None, "a yellow lemon"));
+    // A store that lacks images fails verification, saying how to fix it.
+    let out = run(&["verify", "--db", dbs, "--store", &format!("milvus://{server}/{}", unique("cli_never"))]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("capmatch migrate"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `per` distinct variants (one pixel changed) of every fixture image, in photo/ and cartoon/.
+fn larger_gallery(root: &Path, per: usize) -> PathBuf {
+    let g = gallery(root);
+    for domain in ["photo", "cartoon"] {
+        for entry in std::fs::read_dir(g.join(domain)).unwrap() {
+            let p = entry.unwrap().path();
+            let img = image::open(&p).unwrap().to_rgb8();
+            for v in 1..per {
+                let mut copy = img.clone();
+                copy.put_pixel(0, 0, image::Rgb([v as u8, 7, 11]));
+                copy.save(p.with_file_name(format!("{}_v{v}.png", p.file_stem().unwrap().to_string_lossy()))).unwrap();
+            }
+        }
+    }
+    g
+}
+
+#[test]
+fn the_server_restarted_mid_run_loses_nothing() {
+    let Some(server) = server() else { return };
+    // The command that restarts the server on its data (`.ci/run` sets it to
+    // `scripts/milvus.sh restart KIND PORT`).
+    let Ok(restart) = std::env::var("CAPMATCH_MILVUS_RESTART") else {
+        eprintln!("SKIPPED: set CAPMATCH_MILVUS_RESTART to a command that restarts the server at CAPMATCH_MILVUS_ADDR");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let g = larger_gallery(root.path(), 8);
+    let dirs = [g.join("photo").display().to_string(), g.join("cartoon").display().to_string()];
+    let store = format!("milvus://{server}/{}", unique("cli_restart"));
+    let db = root.path().join("r.db");
+    let local = root.path().join("local.db");
+    ok(&["index", &dirs[0], &dirs[1], "--db", local.to_str().unwrap()]);
+    // One image per commit, so that the restart falls between two of them or in one.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capmatch"))
+        .args(args(&["index", &dirs[0], &dirs[1], "--db", db.to_str().unwrap(), "--store", &store, "--batch", "1"]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the run ended before the restart: make the gallery larger");
+    let restarted = Command::new("sh").args(["-c", &restart]).current_dir(workspace()).status().unwrap();
+    assert!(restarted.success(), "{restart} failed");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the run did not survive the restart:\n{}", String::from_utf8_lossy(&out.stderr));
+    let info: Value = serde_json::from_str(&ok(&["info", "--db", db.to_str().unwrap(), "--store", &store, "--json"])).unwrap();
+    assert_eq!(info["vectors"]["images"], 48, "{info}");
+    let verify: Value = serde_json::from_str(&ok(&["verify", "--db", db.to_str().unwrap(), "--store", &store, "--json"])).unwrap();
+    assert_eq!(verify["missing"], 0, "{verify}");
+    assert_eq!(text_hits(&db, Some(&store), "a yellow lemon"), text_hits(&local, None, "a yellow lemon"));
+}

@@ -33,10 +33,12 @@ use candle_core::{DType, Device, Tensor};
 use capmatch_models::blip::{BlipConfig, BlipForConditionalGeneration};
 use capmatch_models::blip2::{Blip2Config, Blip2ForConditionalGeneration};
 use capmatch_models::generation::{self, GenerationConfig, TokenIds};
+use capmatch_models::Loader;
 use image::RgbImage;
 use tokenizers::Tokenizer;
 
 use crate::preprocess::ImageProcessor;
+use crate::LoadOptions;
 
 /// How to caption.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,13 +173,15 @@ pub struct Captioner {
 }
 
 impl Captioner {
-    /// Loads a checkpoint directory on the CPU, weights converted to `dtype`.
+    /// Loads a checkpoint directory on the CPU with the fused kernels, weights converted to
+    /// `dtype`.
     pub fn load(dir: &Path, dtype: DType) -> anyhow::Result<Self> {
-        Self::load_on(dir, dtype, &Device::Cpu)
+        Self::load_with(dir, &LoadOptions::new(dtype))
     }
 
-    /// Loads a checkpoint directory on `device`, weights converted to `dtype`.
-    pub fn load_on(dir: &Path, dtype: DType, device: &Device) -> anyhow::Result<Self> {
+    /// Loads a checkpoint directory with the given dtype, device and kernels.
+    pub fn load_with(dir: &Path, options: &LoadOptions) -> anyhow::Result<Self> {
+        let LoadOptions { dtype, ref device, kernels } = *options;
         let config_path = dir.join("config.json");
         let config_text =
             std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
@@ -188,7 +192,7 @@ impl Captioner {
         let tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tokenizer_path.display()))?;
         let processor = load_image_processor(dir)?;
-        let vb = crate::checkpoint::load_weights(dir, dtype, device)?;
+        let vb = Loader::new(crate::checkpoint::load_weights(dir, dtype, device)?, kernels);
         let model = match arch {
             CaptionArch::Blip => {
                 let cfg = BlipConfig::from_json(&config_text)
@@ -257,7 +261,10 @@ impl Captioner {
         }
     }
 
-    /// Captions `images`, `batch_size` at a time.
+    /// Captions `images`, `batch_size` at a time. With the fused kernels an image gets the
+    /// same tokens whatever batch it is in (the vision towers and decoders compute each image
+    /// and each sequence on its own, and beam search stops each image's search when it would
+    /// stop alone).
     pub fn caption(&self, images: &[RgbImage], options: &CaptionOptions) -> anyhow::Result<Vec<Caption>> {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(self.batch_size.max(1)) {

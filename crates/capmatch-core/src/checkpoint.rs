@@ -49,6 +49,7 @@ impl WeightFiles {
     }
 
     /// A `VarBuilder` over these files; every tensor is converted to `dtype` when taken.
+    #[allow(unsafe_code)]
     pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, CheckpointError> {
         match self {
             Self::SafeTensors(files) => {
@@ -100,6 +101,7 @@ impl SimpleBackend for ReleasingMmap {
 
 /// Drops this process's mapping of the whole pages inside `bytes` (a read-only file
 /// mapping: a later read faults them back in from the file).
+#[allow(unsafe_code)]
 fn release_pages(bytes: &[u8]) {
     #[cfg(unix)]
     {

@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use capmatch_models::clip::{l2_normalize, ClipConfig, ClipModel};
+use capmatch_models::Loader;
 use image::RgbImage;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::checkpoint::load_weights;
 use crate::preprocess::ImageProcessor;
+use crate::LoadOptions;
 
 /// Images (or texts) run through the towers at once; larger inputs are split.
 const MAX_BATCH: usize = 32;
@@ -48,13 +50,15 @@ impl std::fmt::Debug for ClipEmbedder {
 }
 
 impl ClipEmbedder {
-    /// Loads a checkpoint directory on the CPU; the towers run in `dtype` (F32, BF16 or F16).
+    /// Loads a checkpoint directory on the CPU with the fused kernels; the weights are held
+    /// in `dtype` (F32, BF16 or F16).
     pub fn load(dir: &Path, dtype: DType) -> Result<Self> {
-        Self::load_on(dir, dtype, &Device::Cpu)
+        Self::load_with(dir, &LoadOptions::new(dtype))
     }
 
-    /// [`ClipEmbedder::load`] on any candle device.
-    pub fn load_on(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+    /// Loads a checkpoint directory with the given dtype, device and kernels.
+    pub fn load_with(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        let LoadOptions { dtype, ref device, kernels } = *options;
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             bail!("unsupported dtype {dtype:?} for CLIP (use f32, bf16 or f16)");
         }
@@ -65,7 +69,7 @@ impl ClipEmbedder {
         let processor = ImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;
         let (tokenizer, max_len, pad_id) = load_tokenizer(dir, config.text_config.max_position_embeddings)?;
 
-        let vb = load_weights(dir, dtype, device)?;
+        let vb = Loader::new(load_weights(dir, dtype, device)?, kernels);
         let model = ClipModel::new(vb, &config).with_context(|| format!("building CLIP from {}", dir.display()))?;
         Ok(Self { model, config, tokenizer, processor, device: device.clone(), dtype, max_len, pad_id, dir: dir.to_path_buf() })
     }
@@ -107,18 +111,21 @@ impl ClipEmbedder {
         Ok(self.processor.batch(images, &self.device)?)
     }
 
-    /// L2-normalised image embeddings, one `dim()`-long vector per image.
+    /// L2-normalised image embeddings, one `dim()`-long vector per image. With the fused
+    /// kernels an image's vector is the same bits whatever other images it is embedded with.
     pub fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(MAX_BATCH) {
-            let pixels = self.pixel_values(chunk)?.to_dtype(self.dtype)?;
+            let pixels = self.pixel_values(chunk)?;
             let features = self.model.get_image_features(&pixels)?;
             out.extend(normalized_rows(&features)?);
         }
         Ok(out)
     }
 
-    /// L2-normalised text embeddings, one `dim()`-long vector per text.
+    /// L2-normalised text embeddings, one `dim()`-long vector per text. With the fused
+    /// kernels a text's vector is the same bits whatever other texts (of whatever lengths)
+    /// it is embedded with.
     pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(MAX_BATCH) {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use capmatch_core::captioner::{CaptionArch, CaptionOptions, Captioner};
 use capmatch_core::image_io::{decode_file, DecodeLimits};
+use capmatch_core::{Kernels, LoadOptions};
 use serde::Deserialize;
 
 fn fixture(arch: &str) -> PathBuf {
@@ -59,14 +60,18 @@ fn options(case: &Case) -> CaptionOptions {
 
 /// Every case the captioner's options can express (all but the length-penalty one).
 fn check(arch: &str, want_arch: CaptionArch, dtype: DType) {
-    let captioner = Captioner::load(&fixture(arch), dtype).unwrap();
+    check_on(arch, want_arch, dtype, Kernels::Fused)
+}
+
+fn check_on(arch: &str, want_arch: CaptionArch, dtype: DType, kernels: Kernels) {
+    let captioner = Captioner::load_with(&fixture(arch), &LoadOptions::new(dtype).with_kernels(kernels)).unwrap();
     assert_eq!(captioner.arch(), want_arch);
     assert!(captioner.blip2().is_some() && captioner.blip().is_none());
     let reference = reference(arch);
     let pixels = pixels(arch);
     let mut checked = 0;
     for case in reference.cases.iter().filter(|c| c.kwargs.length_penalty.is_none()) {
-        let what = format!("{arch} {} on {}", case.name, reference.images[case.image_index]);
+        let what = format!("{arch} {kernels} {} on {}", case.name, reference.images[case.image_index]);
         let px = pixels.i(case.image_index..case.image_index + 1).unwrap();
         let got = captioner.caption_pixels(&px, &options(case)).unwrap();
         assert_eq!(got[0].token_ids, case.output_ids, "{what}: token ids");
@@ -91,6 +96,13 @@ fn opt_captions_match_transformers() {
 #[test]
 fn t5_captions_match_transformers() {
     check("t5", CaptionArch::Blip2T5, DType::F32);
+}
+
+/// The candle path (what a GPU runs) on the CPU: the same tokens.
+#[test]
+fn opt_and_t5_captions_match_transformers_on_candle_ops() {
+    check_on("opt", CaptionArch::Blip2Opt, DType::F32, Kernels::Candle);
+    check_on("t5", CaptionArch::Blip2T5, DType::F32, Kernels::Candle);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use capmatch_core::captioner::{CaptionOptions, Captioner};
 use capmatch_core::image_io::{decode_file, DecodeLimits};
+use capmatch_core::{Kernels, LoadOptions};
 use image::RgbImage;
 use serde::Deserialize;
 
@@ -143,18 +144,33 @@ fn pixel_values_match() {
     }
 }
 
+/// The f32 model on `kernels` (the fused CPU kernels, or candle ops as a GPU runs them).
+fn load_f32(dir: &Path, kernels: Kernels) -> Captioner {
+    Captioner::load_with(dir, &LoadOptions::new(DType::F32).with_kernels(kernels)).unwrap()
+}
+
 #[test]
 fn vision_outputs_match_within_1e4() {
+    check_vision_outputs(Kernels::Fused);
+}
+
+/// The candle path (what a GPU runs) on the CPU, to the same bound.
+#[test]
+fn vision_outputs_match_within_1e4_on_candle_ops() {
+    check_vision_outputs(Kernels::Candle);
+}
+
+fn check_vision_outputs(kernels: Kernels) {
     for dir in fixture_dirs() {
         let fx = Fixture::load(&dir);
-        let captioner = Captioner::load(&dir, DType::F32).unwrap();
+        let captioner = load_f32(&dir, kernels);
         let model = captioner.blip().unwrap();
         for name in fx.reference.images.keys() {
             let px = &fx.tensors[&format!("pixel_values/{name}")];
             let ours = model.image_embeds(px).unwrap();
             let theirs = &fx.tensors[&format!("vision/{name}")];
             let d = max_abs_diff(&ours, theirs);
-            assert!(d <= 1e-4, "{}: {name}: vision last_hidden_state differs by {d}", dir.display());
+            assert!(d <= 1e-4, "{} {kernels}: {name}: vision last_hidden_state differs by {d}", dir.display());
         }
     }
 }
@@ -163,17 +179,27 @@ fn vision_outputs_match_within_1e4() {
 /// token ids, decoded text and prompt-stripped captions.
 #[test]
 fn generated_tokens_and_captions_are_identical() {
+    check_generated_tokens(Kernels::Fused);
+}
+
+/// The candle path (what a GPU runs) on the CPU: the same tokens.
+#[test]
+fn generated_tokens_and_captions_are_identical_on_candle_ops() {
+    check_generated_tokens(Kernels::Candle);
+}
+
+fn check_generated_tokens(kernels: Kernels) {
     let mut eos_seen = 0;
     let mut beam_cases = 0;
     let mut greedy_cases = 0;
     for dir in fixture_dirs() {
         let fx = Fixture::load(&dir);
-        let captioner = Captioner::load(&dir, DType::F32).unwrap();
+        let captioner = load_f32(&dir, kernels);
         for case in &fx.reference.cases {
             let got = captioner.caption_pixels(&fx.pixels(&case.images), &case.options()).unwrap();
             assert_eq!(got.len(), case.images.len());
             for (i, cap) in got.iter().enumerate() {
-                let ctx = format!("{} / {} / {}", dir.display(), case.name, case.images[i]);
+                let ctx = format!("{} {kernels} / {} / {}", dir.display(), case.name, case.images[i]);
                 assert_eq!(cap.token_ids, case.token_ids[i], "{ctx}: token ids");
                 assert_eq!(captioner.decode(&cap.token_ids).unwrap(), case.decoded[i], "{ctx}: decoded text");
                 assert_eq!(cap.text, case.captions[i], "{ctx}: caption");
@@ -211,13 +237,20 @@ fn caption_from_image_files_matches() {
     }
 }
 
-/// bf16 weights (bf16 products, f32 activations between them): the vision output stays within cosine 0.999 of the f32
-/// reference on every image, and greedy captioning runs and reproduces the reference
-/// caption on at least one image.
+/// bf16 weights (bf16 products, f32 activations between them): the vision output stays
+/// within cosine 0.999 of the f32 reference on every image, and greedy captions agree with
+/// the f32 reference: at least 75 % of them identical and at least 90 % of the generated
+/// tokens equal up to each caption's first difference (after it, a greedy caption continues
+/// from different text). The fixtures' weights are stored in bf16, so the two runs differ only
+/// by each product's inputs being rounded to bf16 (relative error 2⁻⁸, on CPUs with
+/// AVX512_BF16; elsewhere the products run in f32 and all 54 captions are identical).
+/// `tools/reference/emulate_bf16_blip.py` emulates those products in transformers: 48 of the
+/// 54 captions and 436 of the 460 tokens agree (89 %, 95 %), the rest flipped at near-tie
+/// logits. The bound leaves a few captions of room for a different summation order, while a
+/// wrong bf16 product (a dropped or misplaced term) changes most captions.
 #[test]
 fn bf16_runs_and_stays_close() {
-    let mut same = 0;
-    let mut total = 0;
+    let (mut same, mut total, mut agreeing, mut generated) = (0, 0, 0, 0);
     for dir in fixture_dirs() {
         let fx = Fixture::load(&dir);
         let captioner = Captioner::load(&dir, DType::BF16).unwrap();
@@ -241,11 +274,19 @@ fn bf16_runs_and_stays_close() {
                 assert!(cap.token_ids.len() > prompt_len);
                 total += 1;
                 same += (&cap.token_ids == want) as usize;
+                // Greedy decoding feeds each token back: after the first difference the two
+                // captions continue from different text, so only the common prefix counts.
+                agreeing += cap.token_ids[prompt_len..].iter().zip(&want[prompt_len..]).take_while(|(a, b)| a == b).count();
+                generated += want.len() - prompt_len;
             }
         }
     }
-    eprintln!("bf16: {same}/{total} greedy captions identical to the f32 reference");
-    assert!(same >= 1, "bf16 reproduced none of the {total} greedy captions");
+    eprintln!(
+        "bf16: {same}/{total} greedy captions identical to the f32 reference; {agreeing}/{generated} generated tokens agree up to the first difference"
+    );
+    assert!(total >= 40, "only {total} greedy captions compared");
+    assert!(same * 4 >= total * 3, "bf16 reproduced only {same} of the {total} greedy captions (need 75 %)");
+    assert!(agreeing * 10 >= generated * 9, "only {agreeing} of {generated} generated tokens agree (need 90 %)");
 }
 
 /// A full-size checkpoint (e.g. `python3 tools/reference/make_random_checkpoint.py
@@ -269,6 +310,58 @@ fn full_size_checkpoint_captions_an_image() {
         assert_eq!(caps[0], caps[1], "the same image gives the same caption in a batch");
         assert_eq!(caps[0].token_ids[..4], [30522, 1037, 3861, 1997], "[DEC] a picture of");
         assert!(caps[0].token_ids.len() > 4 && caps[0].token_ids.len() <= 4 + 12);
+    }
+    full_size_matches_transformers(&dir);
+}
+
+/// With the reference that `tools/reference/full_size_parity.py` writes beside the checkpoint
+/// (transformers' f32 vision output and captions of two real images): the fixtures' bounds at
+/// full size. f32: vision cosine ≥ 0.99999 and token ids identical, greedy and beam 3; bf16:
+/// vision cosine ≥ 0.999 against the f32 reference, and the share of generated tokens that
+/// agree up to each caption's first difference is reported (bf16 rounding may flip a token).
+fn full_size_matches_transformers(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("capmatch_reference.json")) else {
+        eprintln!("no capmatch_reference.json in {}: transformers parity not checked", dir.display());
+        return;
+    };
+    #[derive(Deserialize)]
+    struct FullReference {
+        images: Vec<String>,
+        cases: Vec<Case>,
+    }
+    let reference: FullReference = serde_json::from_str(&text).unwrap();
+    let tensors = candle_core::safetensors::load(dir.join("capmatch_reference.safetensors"), &Device::Cpu).unwrap();
+    let images: Vec<RgbImage> =
+        reference.images.iter().map(|p| decode_file(&repo_root().join(p), &DecodeLimits::default()).unwrap()).collect();
+    for dtype in [DType::F32, DType::BF16] {
+        let captioner = Captioner::load(dir, dtype).unwrap();
+        let pixels = captioner.image_processor().batch(&images, &Device::Cpu).unwrap();
+        let vision = captioner.blip().unwrap().image_embeds(&pixels).unwrap();
+        let need = if dtype == DType::F32 { 0.99999 } else { 0.999 };
+        let mut worst = f64::INFINITY;
+        for i in 0..images.len() {
+            let c = cosine(&vision.get(i).unwrap(), &tensors[&format!("vision/{i}")]);
+            worst = worst.min(c);
+            assert!(c >= need, "{dtype:?} image {i}: vision cosine {c} < {need}");
+        }
+        let (mut same, mut total, mut agreeing, mut generated) = (0, 0, 0, 0);
+        for case in &reference.cases {
+            let got = captioner.caption_pixels(&pixels, &case.options()).unwrap();
+            let prompt = captioner.tokenizer().encode(case.prompt.as_str(), true).unwrap().len() - 1;
+            for (cap, want) in got.iter().zip(&case.token_ids) {
+                if dtype == DType::F32 {
+                    assert_eq!(&cap.token_ids, want, "f32 {}: token ids", case.name);
+                }
+                total += 1;
+                same += (&cap.token_ids == want) as usize;
+                agreeing += cap.token_ids[prompt..].iter().zip(&want[prompt..]).take_while(|(a, b)| a == b).count();
+                generated += want.len() - prompt;
+            }
+        }
+        eprintln!(
+            "PARITY {} {dtype:?} vision min cosine {worst:.7} (need >= {need}); captions identical {same}/{total}, generated tokens agreeing up to the first difference {agreeing}/{generated}",
+            dir.display()
+        );
     }
 }
 

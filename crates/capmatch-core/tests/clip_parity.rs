@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use capmatch_core::embedder::ClipEmbedder;
 use capmatch_core::image_io::{decode_file, DecodeLimits};
 use capmatch_core::preprocess::ImageProcessor;
+use capmatch_core::{Kernels, LoadOptions};
 use image::RgbImage;
 
 fn repo_root() -> PathBuf {
@@ -112,11 +113,26 @@ fn token_ids_are_identical() {
     }
 }
 
+/// The f32 model on `kernels` (the fused CPU kernels, or candle ops as a GPU runs them).
+fn load_f32(dir: &Path, kernels: Kernels) -> ClipEmbedder {
+    ClipEmbedder::load_with(dir, &LoadOptions::new(DType::F32).with_kernels(kernels)).unwrap()
+}
+
 #[test]
 fn f32_text_embeddings_match_transformers() {
+    check_f32_text_embeddings(Kernels::Fused);
+}
+
+/// The candle path (what a GPU runs) on the CPU, to the same bounds.
+#[test]
+fn f32_text_embeddings_match_transformers_on_candle_ops() {
+    check_f32_text_embeddings(Kernels::Candle);
+}
+
+fn check_f32_text_embeddings(kernels: Kernels) {
     for dir in fixture_dirs() {
         let fx = Fixture::load(&dir);
-        let emb = ClipEmbedder::load(&dir, DType::F32).unwrap();
+        let emb = load_f32(&dir, kernels);
         let texts: Vec<&str> = fx.texts.iter().map(String::as_str).collect();
         // All together (padded batch) and one by one must both match.
         let batch = emb.embed_texts(&texts).unwrap();
@@ -129,7 +145,7 @@ fn f32_text_embeddings_match_transformers() {
             for (label, got) in [("batch", &batch[i]), ("single", single)] {
                 let d = max_abs_diff(got, &want);
                 let c = cosine(got, &want);
-                assert!(d <= 1e-4 && c >= 0.99999, "{} text {i} ({label}): max abs {d:e}, cosine {c}", fx.name());
+                assert!(d <= 1e-4 && c >= 0.99999, "{} {kernels} text {i} ({label}): max abs {d:e}, cosine {c}", fx.name());
             }
             assert!(max_abs_diff(&batch[i], &reference_batch[i * dim..(i + 1) * dim]) <= 1e-4);
             let norm: f32 = batch[i].iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -194,9 +210,19 @@ fn resampling_matches_pillow() {
 
 #[test]
 fn f32_image_embeddings_match_transformers() {
+    check_f32_image_embeddings(Kernels::Fused);
+}
+
+/// The candle path (what a GPU runs) on the CPU, to the same bounds.
+#[test]
+fn f32_image_embeddings_match_transformers_on_candle_ops() {
+    check_f32_image_embeddings(Kernels::Candle);
+}
+
+fn check_f32_image_embeddings(kernels: Kernels) {
     for dir in fixture_dirs() {
         let fx = Fixture::load(&dir);
-        let emb = ClipEmbedder::load(&dir, DType::F32).unwrap();
+        let emb = load_f32(&dir, kernels);
         for (name, kind, img) in &fx.images {
             let want = fx.vec(&format!("image.{name}.embeds"));
             let got = &emb.embed_images(std::slice::from_ref(img)).unwrap()[0];
@@ -204,8 +230,8 @@ fn f32_image_embeddings_match_transformers() {
             let c = cosine(got, &want);
             // Resampled images: the brief asks cosine >= 0.999; resizing is bit-identical to
             // Pillow, so they are held to the same bound as the others.
-            assert!(c >= 0.999, "{} {name} ({kind}): cosine {c}", fx.name());
-            assert!(d <= 1e-4 && c >= 0.99999, "{} {name} ({kind}): max abs {d:e}, cosine {c}", fx.name());
+            assert!(c >= 0.999, "{} {kernels} {name} ({kind}): cosine {c}", fx.name());
+            assert!(d <= 1e-4 && c >= 0.99999, "{} {kernels} {name} ({kind}): max abs {d:e}, cosine {c}", fx.name());
         }
         // A batch of all images gives the same as one by one.
         let imgs: Vec<RgbImage> = fx.images.iter().map(|(_, _, i)| i.clone()).collect();
@@ -284,13 +310,18 @@ fn full_size_checkpoint() {
         let got_t = emb.embed_texts(&texts).unwrap();
         let t_txt = t0.elapsed();
         eprintln!("{dtype:?}: load {load:?}, {} images {t_img:?}, {} texts {t_txt:?}", images.len(), texts.len());
-        let (min_cos, max_abs) = if dtype == DType::F32 { (0.99999, 1e-4) } else { (0.99, 1.0) };
+        // The fixtures' bounds (issue 17): bf16 against the f32 reference, as there.
+        let (min_cos, max_abs) = if dtype == DType::F32 { (0.99999, 1e-4) } else { (0.999, 1.0) };
+        let (mut worst_cos, mut worst_abs) = (f64::INFINITY, 0.0f32);
         for (got, want) in got_i.iter().zip(rows("image_embeds")).chain(got_t.iter().zip(rows("text_embeds"))) {
             assert_eq!(got.len(), emb.dim());
             let (c, d) = (cosine(got, &want), max_abs_diff(got, &want));
             eprintln!("  cosine {c:.7}, max abs {d:.2e}");
+            (worst_cos, worst_abs) = (worst_cos.min(c), worst_abs.max(d));
             assert!(c >= min_cos && d <= max_abs, "{dtype:?}: cosine {c}, max abs {d:e}");
         }
+        // One line for tools/reference/full_size_parity.py to collect.
+        eprintln!("PARITY {} {dtype:?} min cosine {worst_cos:.7} (need >= {min_cos}), max abs {worst_abs:.2e}", dir.display());
     }
 }
 

@@ -347,25 +347,69 @@ fn missing_unreadable_and_non_files() {
     std::fs::write(&file, b"x").unwrap();
     assert!(matches!(decode_file(&file.join("child.png"), &limits), Err(DecodeError::Io { .. })));
     // A FIFO would block a reader forever: refused without opening it.
-    let fifo = dir.path().join("pipe.png");
-    if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
-        assert!(matches!(decode_file(&fifo, &limits), Err(DecodeError::NotAFile { kind: "a special file", .. })));
-    }
-    // No read permission (root can read anyway; then only the decode itself is checked).
     #[cfg(unix)]
     {
+        let fifo = dir.path().join("pipe.png");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+        let made = unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) };
+        assert_eq!(made, 0, "mkfifo {}: {}", fifo.display(), std::io::Error::last_os_error());
+        match decode_file(&fifo, &limits) {
+            Err(e @ DecodeError::NotAFile { kind: "a special file", .. }) => {
+                assert!(e.to_string().ends_with("is a special file, not a file"), "{e}")
+            }
+            other => panic!("FIFO: {other:?}"),
+        }
+    }
+    // No read permission. Root reads anything, so as root this thread's file-system uid is
+    // dropped to `nobody` for the call: the open then fails as it would for any user.
+    #[cfg(target_os = "linux")]
+    {
         use std::os::unix::fs::PermissionsExt;
+        // The folder must stay searchable for `nobody`, so that the open is what fails.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let locked = dir.path().join("locked.png");
         std::fs::copy(formats_dir().join("png_rgb.png"), &locked).unwrap();
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
-        let readable = std::fs::File::open(&locked).is_ok();
+        let _unprivileged = std::fs::File::open(&locked).is_ok().then(UnprivilegedFs::enter);
         match decode_file(&locked, &limits) {
-            Err(DecodeError::Io { source, .. }) if !readable => {
-                assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied)
+            Err(DecodeError::Io { path, source }) => {
+                assert_eq!(path, locked);
+                assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied, "{source}");
             }
-            Ok(img) if readable => assert_eq!(img.dimensions(), (24, 16)),
-            other => panic!("readable={readable}: {other:?}"),
+            other => panic!("unreadable file: {other:?}"),
         }
+    }
+}
+
+/// While alive, this thread's file-system uid is `nobody` (65534), without the file
+/// capabilities root has: a test run as root then meets file permissions like any user.
+/// Linux keeps credentials per thread and `setfsuid` changes only the calling thread's, so
+/// the other tests running in parallel keep theirs. Fails loudly when the uid cannot be
+/// dropped (no CAP_SETUID), rather than skipping the check.
+#[cfg(target_os = "linux")]
+struct UnprivilegedFs {
+    previous: libc::uid_t,
+}
+
+#[cfg(target_os = "linux")]
+impl UnprivilegedFs {
+    const NOBODY: libc::uid_t = 65534;
+
+    fn enter() -> Self {
+        // SAFETY: setfsuid only changes this thread's credentials; an invalid uid (-1) changes
+        // nothing and returns the current one.
+        let (previous, now) = unsafe { (libc::setfsuid(Self::NOBODY), libc::setfsuid(libc::uid_t::MAX)) };
+        assert_eq!(now as libc::uid_t, Self::NOBODY, "cannot drop the file-system uid to test a permission failure as root");
+        Self { previous: previous as libc::uid_t }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for UnprivilegedFs {
+    fn drop(&mut self) {
+        // SAFETY: as above; back to the uid this thread had.
+        unsafe { libc::setfsuid(self.previous) };
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use capmatch_store::ImageId;
+use capmatch_store::{ImageId, VectorIndex};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -72,7 +72,15 @@ impl Engine {
         }
         let in_catalog: HashSet<ImageId> = ids.iter().map(|(id, _)| *id).collect();
         let orphans = index.ids()?.into_iter().filter(|(id, _)| !in_catalog.contains(id)).count();
+        let ann = index.ann_status();
         drop(index);
+        if let Some(problem) = ann.problem {
+            // Searches still answer (exactly): a problem of speed, not of results.
+            report.problems.push(Problem {
+                what: format!("the approximate index {} is not in use: {problem}", ann.location),
+                fix: "run `capmatch ann build` (then `capmatch ann tune`)".into(),
+            });
+        }
         let paths = |ids: &[ImageId]| -> Result<Vec<String>> {
             Ok(catalog.entries(ids)?.into_iter().flatten().map(|e| e.path).collect())
         };

@@ -1,6 +1,6 @@
 //! What a gallery holds, as one serialisable struct.
 
-use capmatch_store::{CatalogSummary, IndexStats};
+use capmatch_store::{AnnStatus, CatalogSummary, IndexStats, VectorIndex};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -16,6 +16,8 @@ pub struct Info {
     /// Bytes on disk: the catalog and the vector index.
     pub db_bytes: u64,
     pub vectors: IndexStats,
+    /// The approximate index, if any, and whether searches use it.
+    pub ann: AnnStatus,
 }
 
 impl Engine {
@@ -25,12 +27,16 @@ impl Engine {
             let c = self.storage.catalog();
             (c.summary()?, c.disk_size())
         };
-        let vectors = self.storage.index().stats();
+        let (vectors, ann) = {
+            let index = self.storage.index();
+            (index.stats(), index.ann_status())
+        };
         Ok(Info {
             catalog,
             db: self.storage.db().display().to_string(),
-            db_bytes: catalog_bytes + vectors.disk_bytes,
+            db_bytes: catalog_bytes + vectors.disk_bytes + ann.disk_bytes,
             vectors,
+            ann,
         })
     }
 }

@@ -7,6 +7,12 @@
 //! - search by text, image bytes, image path, vector or indexed image, in every mode
 //!   ([`Engine::search`]), each hit explained (both component scores, the matched caption);
 //! - what the gallery holds ([`Engine::info`]), and its images and vectors by id;
+//! - the neighbour graph of the gallery ([`Engine::neighbours`]: every image's nearest
+//!   images in image or caption space) and the scores of given pairs
+//!   ([`Engine::score_pairs`]), for the inspection report;
+//! - the approximate index that searches use past a million images: built, kept up to date
+//!   and tuned for a measured recall ([`ann`]);
+//! - dynamic batching of concurrent searches ([`SearchBatcher`], for servers);
 //! - one error type, [`EngineError`], whose [`ErrorKind`] a CLI maps to an exit code and a
 //!   server to an HTTP status.
 //!
@@ -21,14 +27,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ann;
+pub mod batching;
 pub mod check;
 pub mod error;
 pub mod indexing;
 pub mod info;
+pub mod migrate;
 pub mod models;
 pub mod search;
 mod storage;
-pub mod store;
+pub mod vector_store;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -36,19 +45,23 @@ use std::sync::{Arc, OnceLock};
 use capmatch_core::image_io::DecodeLimits;
 use capmatch_core::Device;
 pub use capmatch_store::{ImageEntry, ImageId, ModelIdentity, VectorRecord};
+use capmatch_store::{Catalog, VectorIndex};
 
 pub use capmatch_retrieval::{self as retrieval, Mode};
-pub use capmatch_store::{self as store, CatalogSummary, IndexStats};
+pub use capmatch_store::{self as store, Among, CatalogSummary, GraphProgress, IndexStats, NeighbourQuery, Neighbours, NoProgress};
+pub use ann::{AnnState, AnnStatus};
+pub use batching::{BatchConfig, BatchStats, SearchBatcher};
 pub use check::{CheckReport, Problem};
 pub use error::{EngineError, ErrorKind, Result};
 pub use indexing::uploads::{uploads_dir, Upload, UploadOutcome};
 pub use indexing::{IndexObserver, IndexOptions, IndexReport, NoObserver};
 pub use info::Info;
+pub use migrate::{MigrateReport, VerifyReport};
 pub use models::{Dtype, GalleryModels, ModelConfig, Models};
 pub use search::{ComponentScores, Hit, Query, SearchRequest, SearchResponse};
 
 use storage::Storage;
-pub use store::{Shard, VectorStore};
+pub use vector_store::{Shard, VectorStore};
 
 /// How a reader finds the models to embed its queries with: the ones the index records,
 /// with these local overrides.
@@ -96,6 +109,22 @@ impl Engine {
     ) -> Result<Self> {
         let storage = Storage::open_writer(db, store, shard, &models.identity(), wait, on_wait)?;
         Ok(Self { storage, models: ModelSource::Given(models), limits: DecodeLimits::default() })
+    }
+
+    /// Opens an existing gallery for upkeep that needs no model (building or tuning the
+    /// approximate index): a writer, bound to the models the gallery records. Waits for
+    /// another writer as [`Engine::open_writer`] does.
+    pub fn open_maintainer(db: &Path, wait: bool, on_wait: &dyn Fn(&Path)) -> Result<Self> {
+        let identity = capmatch_store::SqliteCatalog::open_read_only(db)?
+            .models()?
+            .ok_or_else(|| EngineError::EmptyIndex(db.display().to_string()))?;
+        // The approximate index is ours, beside a local store only.
+        let storage = Storage::open_writer(db, &VectorStore::Local, Shard::ALL, &identity, wait, on_wait)?;
+        Ok(Self {
+            storage,
+            models: ModelSource::FromIndex { identity: Some(identity), overrides: QueryModels::default(), loaded: OnceLock::new() },
+            limits: DecodeLimits::default(),
+        })
     }
 
     /// Opens an existing gallery for searching. Its CLIP is resolved and loaded only when a
@@ -178,7 +207,6 @@ impl Engine {
     /// An indexed image.
     pub fn entry(&self, id: ImageId) -> Result<ImageEntry> {
         self.storage
-            .catalog()
             .entries(&[id])?
             .pop()
             .flatten()
@@ -192,12 +220,19 @@ impl Engine {
 
     /// Several images at once (`None` for unknown ids).
     pub fn entries(&self, ids: &[ImageId]) -> Result<Vec<Option<ImageEntry>>> {
-        Ok(self.storage.catalog().entries(ids)?)
+        self.storage.entries(ids)
     }
 
     /// Every indexed image's id and domain.
     pub fn ids(&self) -> Result<Vec<(ImageId, String)>> {
-        Ok(self.storage.catalog().ids()?)
+        if self.storage.store().is_local() {
+            Ok(self.storage.catalog().ids()?)
+        } else {
+            // A shared store holds other writers' images too (a writer's own are its
+            // catalog's; a reader sees every writer's).
+            self.storage.follow_writer()?;
+            Ok(self.storage.index().ids()?)
+        }
     }
 
     /// An image's vectors.
@@ -205,7 +240,33 @@ impl Engine {
         self.storage.index().get(id)?.ok_or_else(|| EngineError::NotFound(format!("no vectors for image {id}")))
     }
 
-    fn require_writer(&self) -> Result<()> {
+    /// A number that changes with every committed change of the vectors (so that a result
+    /// derived from them, like an inspection's neighbour graph, knows when it is stale).
+    pub fn vector_generation(&self) -> Result<u64> {
+        self.storage.follow_writer()?;
+        Ok(self.storage.index().generation())
+    }
+
+    /// The neighbour graph: for each asked image, its `k` nearest other images among the
+    /// candidates, its own image vector as the query (see
+    /// `capmatch_store::VectorIndex::neighbours`). Computed by the vector index (blockwise
+    /// on the exact index).
+    pub fn neighbours(&self, query: &NeighbourQuery<'_>, progress: &dyn GraphProgress) -> Result<Vec<Neighbours>> {
+        if query.k == 0 || query.k > search::MAX_K {
+            return Err(EngineError::invalid(format!("k must be between 1 and {}, not {}", search::MAX_K, query.k)));
+        }
+        self.storage.follow_writer()?;
+        Ok(self.storage.index().neighbours(query, progress)?)
+    }
+
+    /// Both components of `b`'s score for `a`'s image vector, for each pair `(a, b)`
+    /// (`None` where an id is not in the gallery).
+    pub fn score_pairs(&self, pairs: &[(ImageId, ImageId)]) -> Result<Vec<Option<capmatch_retrieval::ComponentScores>>> {
+        self.storage.follow_writer()?;
+        Ok(self.storage.index().score_pairs(pairs)?)
+    }
+
+    pub(crate) fn require_writer(&self) -> Result<()> {
         if !self.storage.writable() {
             return Err(EngineError::invalid(format!("{} is open for searching only", self.db().display())));
         }
@@ -216,7 +277,11 @@ impl Engine {
     pub fn index_folders(&self, options: &IndexOptions, observer: &dyn IndexObserver) -> Result<IndexReport> {
         self.require_writer()?;
         let models = self.models()?;
-        indexing::index_folders(&self.storage, models.as_ref(), options, observer)
+        let report = indexing::index_folders(&self.storage, models.as_ref(), options, observer)?;
+        // The run's new images go into the approximate index's graphs now, once, rather than
+        // being scanned exactly by every search until enough of them wait.
+        self.storage.flush()?;
+        Ok(report)
     }
 
     /// Adds image bytes to the gallery (kept in [`uploads_dir`]); one outcome per upload,
@@ -236,11 +301,13 @@ impl Engine {
         let mut out = Vec::with_capacity(uploads.len());
         for (upload, stored) in uploads.iter().zip(stored) {
             out.push(match stored {
-                Err(reason) => UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason) },
+                Err(e) => {
+                    UploadOutcome { name: upload.name.clone(), id: None, error: Some(e.to_string()), error_kind: Some(e.kind()) }
+                }
                 Ok(c) => {
                     let catalog = self.storage.catalog();
                     match catalog.entry_by_path(&c.path)? {
-                        Some(e) => UploadOutcome { name: upload.name.clone(), id: Some(e.id), error: None },
+                        Some(e) => UploadOutcome { name: upload.name.clone(), id: Some(e.id), error: None, error_kind: None },
                         None => {
                             let reason = catalog
                                 .tracked_files()?
@@ -248,7 +315,7 @@ impl Engine {
                                 .find(|t| t.path == c.path)
                                 .and_then(|t| t.skipped)
                                 .unwrap_or_else(|| "not indexed".into());
-                            UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason) }
+                            UploadOutcome { name: upload.name.clone(), id: None, error: Some(reason), error_kind: None }
                         }
                     }
                 }

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use capmatch_core::captioner::{CaptionArch, CaptionOptions, Captioner};
 use capmatch_core::embedder::ClipEmbedder;
 use capmatch_core::hub::{self, ModelKind, ResolvedModel};
-use capmatch_core::{DType, Device, RgbImage};
+use capmatch_core::{DType, Device, LoadOptions, RgbImage};
 pub use capmatch_store::ModelIdentity;
 
 use crate::error::{EngineError, Result};
@@ -120,13 +120,13 @@ pub fn captioner_settings(checkpoint: &Checkpoint, dtype: Option<Dtype>, prompt:
 
 /// Loads a CLIP checkpoint directory.
 pub fn load_clip(dir: &std::path::Path, dtype: Dtype, device: &Device) -> Result<ClipEmbedder> {
-    ClipEmbedder::load_on(dir, dtype.candle(), device)
+    ClipEmbedder::load_with(dir, &LoadOptions::new(dtype.candle()).on(device.clone()))
         .map_err(|e| EngineError::Model(e.context(format!("cannot load the CLIP model in {}", dir.display()))))
 }
 
 /// Loads a captioner checkpoint directory.
 pub fn load_captioner(dir: &std::path::Path, dtype: Dtype, device: &Device) -> Result<Captioner> {
-    Captioner::load_on(dir, dtype.candle(), device)
+    Captioner::load_with(dir, &LoadOptions::new(dtype.candle()).on(device.clone()))
         .map_err(|e| EngineError::Model(e.context(format!("cannot load the captioner in {}", dir.display()))))
 }
 

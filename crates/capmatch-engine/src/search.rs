@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use capmatch_core::image_io::{decode_bytes, decode_file};
 use capmatch_core::RgbImage;
 use capmatch_retrieval::{normalized, rank_key, Mode};
-use capmatch_store::{ImageId, VectorQuery};
+use capmatch_store::{ImageId, VectorHit, VectorIndex, VectorQuery};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
@@ -50,11 +50,13 @@ pub struct SearchRequest {
     pub domain: Option<String>,
     /// Only results scoring at least this.
     pub min_score: Option<f32>,
+    /// Scan every image even where the approximate index could answer.
+    pub exact: bool,
 }
 
 impl SearchRequest {
     pub fn new(query: Query, mode: Mode, k: usize) -> Self {
-        Self { query, mode, k, weight: 0.5, domain: None, min_score: None }
+        Self { query, mode, k, weight: 0.5, domain: None, min_score: None, exact: false }
     }
 }
 
@@ -115,18 +117,27 @@ impl Engine {
             .zip(&vectors)
             .map(|(r, v)| VectorQuery { vectors: v, target: r.mode.target(r.weight), k: r.k, domain: r.domain.as_deref() })
             .collect();
-        let found = index.search_many(&queries)?;
+        // The approximate index where it is usable, the exact scan where asked for.
+        let (exact, approximate): (Vec<usize>, Vec<usize>) = (0..requests.len()).partition(|&i| requests[i].exact);
+        let pick = |which: &[usize]| which.iter().map(|&i| queries[i].clone()).collect::<Vec<_>>();
+        let mut found: Vec<Vec<VectorHit>> = vec![Vec::new(); requests.len()];
+        for (i, hits) in exact.iter().zip(index.search_many_exact(&pick(&exact))?) {
+            found[*i] = hits;
+        }
+        for (i, hits) in approximate.iter().zip(index.search_many(&pick(&approximate))?) {
+            found[*i] = hits;
+        }
         drop(index);
-        let catalog = self.storage.catalog();
         let mut out = Vec::with_capacity(requests.len());
         for (request, hits) in requests.iter().zip(found) {
             let ids: Vec<ImageId> = hits.iter().map(|h| h.id).collect();
-            let entries = catalog.entries(&ids)?;
+            let entries = self.storage.entries(&ids)?;
             let mut resolved: Vec<Hit> = hits
                 .into_iter()
                 .zip(entries)
-                // A hit the catalog does not know is a writer's uncommitted or orphaned
-                // vector (see storage): never shown.
+                // A hit without an entry is a writer's uncommitted or orphaned vector (see
+                // storage): never shown. (In a shared store, other writers' images have
+                // their entries in the store.)
                 .filter_map(|(h, entry)| entry.map(|e| (h, e)))
                 .map(|(h, e)| {
                     let matched = h.components.best_caption;
@@ -157,6 +168,29 @@ impl Engine {
         Ok(out)
     }
 
+    /// Checks a request and decodes its query image, if any (to [`Query::Image`]): what can
+    /// fail because of one request alone, done before it joins a batch (see `batching`).
+    pub(crate) fn prepared(&self, mut request: SearchRequest) -> Result<SearchRequest> {
+        validate(&request)?;
+        if let Some(image) = self.decoded(&request.query)? {
+            request.query = Query::Image(image);
+        }
+        Ok(request)
+    }
+
+    /// The image of a query given as an encoded file (bytes or a path); `None` for others.
+    fn decoded(&self, query: &Query) -> Result<Option<RgbImage>> {
+        Ok(Some(match query {
+            Query::ImageBytes { name, bytes } => {
+                decode_bytes(bytes, &self.limits).map_err(|e| EngineError::Image { name: Some(name.clone()), source: e })?
+            }
+            Query::ImagePath(p) => {
+                decode_file(p, &self.limits).map_err(|e| EngineError::Image { name: Some(p.display().to_string()), source: e })?
+            }
+            _ => return Ok(None),
+        }))
+    }
+
     /// The query vectors of each request (one or more rows), normalised. Texts are embedded
     /// in one batch and images in another.
     fn query_vectors(&self, requests: &[SearchRequest]) -> Result<Vec<Vec<f32>>> {
@@ -167,15 +201,9 @@ impl Engine {
         for (i, r) in requests.iter().enumerate() {
             match &r.query {
                 Query::Text(t) => texts.push((i, t.as_str())),
-                Query::ImageBytes { name, bytes } => images.push((
-                    i,
-                    decode_bytes(bytes, &self.limits).map_err(|e| EngineError::Image { name: Some(name.clone()), source: e })?,
-                )),
-                Query::ImagePath(p) => images.push((
-                    i,
-                    decode_file(p, &self.limits)
-                        .map_err(|e| EngineError::Image { name: Some(p.display().to_string()), source: e })?,
-                )),
+                Query::ImageBytes { .. } | Query::ImagePath(_) => {
+                    images.push((i, self.decoded(&r.query)?.expect("an encoded image query")))
+                }
                 Query::Image(img) => images.push((i, img.clone())),
                 Query::Vector(v) => {
                     let d = dim.ok_or_else(|| EngineError::EmptyIndex(self.storage.db().display().to_string()))?;

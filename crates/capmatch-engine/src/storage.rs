@@ -19,7 +19,7 @@
 //! writer waits for it (the caller is told, so that a user sees why nothing happens);
 //! readers never wait.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -27,10 +27,14 @@ use std::time::SystemTime;
 
 use capmatch_store::catalog::sqlite::SCHEMA_VERSION_V1;
 use capmatch_store::exact::Access;
-use capmatch_store::{Catalog, CatalogBatch, ExactIndex, ImageId, ModelIdentity, SqliteCatalog, VectorIndex, VectorRecord};
+use capmatch_store::ann::{GraphParams, TuneOptions, TuneReport};
+use capmatch_store::{
+    AnnIndex, AnnStatus, Catalog, CatalogBatch, ContentRecord, ExactIndex, ImageEntry, ImageId, ModelIdentity, SqliteCatalog,
+    VectorIndex, VectorRecord,
+};
 
 use crate::error::{EngineError, Result};
-use crate::store::{Shard, VectorStore};
+use crate::vector_store::{GalleryIndex, Shard, VectorStore};
 
 /// The exclusive writer lock of a gallery.
 pub(crate) struct WriterLock {
@@ -69,16 +73,23 @@ impl WriterLock {
 }
 
 /// The catalog and the vector index of one gallery.
+///
+/// The vector index is a [`GalleryIndex`] of the store the user chose (see
+/// [`VectorStore`]): locally, the exact index wrapped by the approximate one
+/// ([`capmatch_store::AnnIndex`]), which passes every search to the exact path until its
+/// graphs are built (`capmatch ann build`) and whenever they are not usable; in Milvus, a
+/// collection the server indexes itself. `search_many_exact` forces the exact path
+/// (`capmatch search --exact`).
 pub(crate) struct Storage {
     db: PathBuf,
     catalog: Mutex<Box<dyn Catalog>>,
-    index: RwLock<Box<dyn VectorIndex>>,
+    index: RwLock<Box<dyn GalleryIndex>>,
     writable: bool,
     store: VectorStore,
     /// The part of the gallery this writer indexes.
     shard: Shard,
     /// When the index's manifest was last seen changed (readers follow other writers).
-    seen: Mutex<Option<SystemTime>>,
+    seen: Mutex<[Option<SystemTime>; 2]>,
     _lock: Option<WriterLock>,
 }
 
@@ -98,6 +109,14 @@ impl Storage {
         let fingerprint = identity.vector_fingerprint();
         let vectors = ExactIndex::dir_for(db);
         if catalog.schema_version() == SCHEMA_VERSION_V1 {
+            if !store.is_local() {
+                return Err(EngineError::invalid(format!(
+                    "{} is an index of an earlier capmatch: upgrade it in place first (`capmatch index` with it and no \
+                     --store), then copy it with `capmatch migrate --from {} --to {store}`",
+                    db.display(),
+                    db.display()
+                )));
+            }
             upgrade_v1(&mut catalog, &vectors, &fingerprint)?;
         }
         catalog.bind_models(identity)?;
@@ -109,7 +128,7 @@ impl Storage {
             writable: true,
             store: store.clone(),
             shard,
-            seen: Mutex::new(None),
+            seen: Mutex::new([None; 2]),
             _lock: Some(lock),
         };
         storage.reconcile()?;
@@ -135,7 +154,7 @@ impl Storage {
             writable: false,
             store: store.clone(),
             shard: Shard::ALL,
-            seen: Mutex::new(manifest_mtime(db)),
+            seen: Mutex::new(manifest_mtimes(db)),
             _lock: None,
         };
         Ok((storage, identity))
@@ -161,12 +180,38 @@ impl Storage {
         self.catalog.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn index(&self) -> RwLockReadGuard<'_, Box<dyn VectorIndex>> {
+    pub(crate) fn index(&self) -> RwLockReadGuard<'_, Box<dyn GalleryIndex>> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn index_mut(&self) -> RwLockWriteGuard<'_, Box<dyn VectorIndex>> {
+    fn index_mut(&self) -> RwLockWriteGuard<'_, Box<dyn GalleryIndex>> {
         self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the index's state durable and merges new rows into the approximate index's
+    /// graphs (the end of an indexing run).
+    pub(crate) fn flush(&self) -> Result<()> {
+        Ok(self.index_mut().flush()?)
+    }
+
+    /// Builds (or rebuilds) the approximate index from every image.
+    pub(crate) fn build_ann(&self, params: GraphParams) -> Result<AnnStatus> {
+        let mut index = self.index_mut();
+        Ok(index.approximate_mut().ok_or_else(|| self.no_approximate_index())?.build(params)?)
+    }
+
+    /// Measures the approximate index's recall and sets its search breadth.
+    pub(crate) fn tune_ann(&self, options: &TuneOptions) -> Result<TuneReport> {
+        let mut index = self.index_mut();
+        Ok(index.approximate_mut().ok_or_else(|| self.no_approximate_index())?.tune(options)?)
+    }
+
+    fn no_approximate_index(&self) -> EngineError {
+        EngineError::invalid(format!(
+            "the vectors are in {}, which keeps its own index on the server: the local approximate index \
+             (`capmatch ann`) is for the local store only",
+            self.store
+        ))
     }
 
     /// A reader follows the commits of a writer in another process (cheap when nothing
@@ -176,7 +221,7 @@ impl Storage {
             // A server-side store answers every search with its latest commits.
             return Ok(());
         }
-        let now = manifest_mtime(&self.db);
+        let now = manifest_mtimes(&self.db);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if now != *seen {
             self.index_mut().refresh()?;
@@ -191,7 +236,11 @@ impl Storage {
         let mut index = self.index_mut();
         let mut catalog = self.catalog();
         if !vectors.is_empty() {
-            index.upsert(vectors)?;
+            if self.store.is_local() {
+                index.upsert(vectors)?;
+            } else {
+                index.upsert_with_entries(vectors, &entries_for(vectors, &batch, &**catalog)?)?;
+            }
             if batch.dim.is_none() {
                 batch.dim = index.dim();
             }
@@ -231,7 +280,8 @@ impl Storage {
             index.remove(&orphans)?;
         }
         if !moved.is_empty() {
-            index.upsert(&moved)?;
+            let entries = if self.store.is_local() { Vec::new() } else { entries_for(&moved, &CatalogBatch::default(), &**catalog)? };
+            index.upsert_with_entries(&moved, &entries)?;
         }
         if !missing.is_empty() {
             let paths: Vec<String> = catalog.entries(&missing)?.into_iter().flatten().map(|e| e.path).collect();
@@ -246,6 +296,23 @@ impl Storage {
         Ok(())
     }
 
+    /// The entries of these images, in the order asked: the catalog's, and for a store
+    /// shared by writers with their own catalogs, the store's copy of the entries of images
+    /// another writer indexed (`None` for an id neither knows).
+    pub(crate) fn entries(&self, ids: &[ImageId]) -> Result<Vec<Option<ImageEntry>>> {
+        let mut entries = self.catalog().entries(ids)?;
+        if !self.store.is_local() {
+            let missing: Vec<usize> = (0..ids.len()).filter(|&i| entries[i].is_none()).collect();
+            if !missing.is_empty() {
+                let asked: Vec<ImageId> = missing.iter().map(|&i| ids[i]).collect();
+                for (i, entry) in missing.into_iter().zip(self.index().stored_entries(&asked)?) {
+                    entries[i] = entry;
+                }
+            }
+        }
+        Ok(entries)
+    }
+
     /// Reclaims the space of removed vectors when it is worth it.
     pub(crate) fn compact(&self) -> Result<()> {
         let mut index = self.index_mut();
@@ -257,8 +324,48 @@ impl Storage {
     }
 }
 
-fn manifest_mtime(db: &Path) -> Option<SystemTime> {
-    std::fs::metadata(ExactIndex::dir_for(db).join("manifest.json")).and_then(|m| m.modified()).ok()
+/// What the catalog knows of `vectors`' files once `batch` is applied (for a store that
+/// keeps it, see `VectorIndex::upsert_with_entries`): the batch's file and content records,
+/// else the catalog's (a file whose content another file already had, a domain that moved).
+fn entries_for(vectors: &[VectorRecord], batch: &CatalogBatch, catalog: &dyn Catalog) -> Result<Vec<ImageEntry>> {
+    let contents: HashMap<&str, &ContentRecord> = batch.contents.iter().map(|c| (c.hash.as_str(), c)).collect();
+    let domains: HashMap<ImageId, &str> = vectors.iter().map(|v| (v.id, v.domain.as_str())).collect();
+    let mut out = Vec::with_capacity(vectors.len());
+    let mut covered = HashSet::new();
+    for f in batch.files.iter().filter(|f| domains.contains_key(&f.id)) {
+        let content = match contents.get(f.hash.as_str()) {
+            Some(c) => Some((c.width, c.height, c.captions.clone())),
+            None => match catalog.file_with_content(&f.hash)? {
+                Some(other) => catalog.entries(&[other])?.pop().flatten().map(|e| (e.width, e.height, e.captions)),
+                None => None,
+            },
+        };
+        if let Some((width, height, captions)) = content {
+            covered.insert(f.id);
+            out.push(ImageEntry {
+                id: f.id,
+                path: f.path.clone(),
+                domain: f.domain.clone(),
+                hash: f.hash.clone(),
+                size: f.size,
+                width,
+                height,
+                captions,
+            });
+        }
+    }
+    let rest: Vec<ImageId> = vectors.iter().map(|v| v.id).filter(|id| !covered.contains(id)).collect();
+    for mut entry in catalog.entries(&rest)?.into_iter().flatten() {
+        entry.domain = domains[&entry.id].to_owned();
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// When the exact and the approximate index's manifests last changed.
+fn manifest_mtimes(db: &Path) -> [Option<SystemTime>; 2] {
+    [ExactIndex::dir_for(db), AnnIndex::dir_for(db)]
+        .map(|dir| std::fs::metadata(dir.join("manifest.json")).and_then(|m| m.modified()).ok())
 }
 
 /// Moves the vectors of a schema-1 index (BLOBs in SQLite) into the vector index and

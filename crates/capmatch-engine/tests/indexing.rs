@@ -229,21 +229,29 @@ fn bad_inputs_are_skipped_with_reasons_and_the_run_goes_on() {
     assert_eq!(summary.skipped.len(), 5);
 }
 
+/// A file whose read fails is recorded as skipped, and the others are indexed. The failing
+/// read is a link named like an image to this process's `/proc/self/mem`: a regular file
+/// that opens but whose first read fails (EIO, nothing is mapped at address 0) for every
+/// user, root included, so the test does not depend on who runs it (file permissions do
+/// not stop root).
 #[test]
 fn unreadable_file_is_recorded() {
-    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let gallery = tmp.path().join("g");
     let files = copy_real_images(&gallery);
-    std::fs::set_permissions(&files[3], std::fs::Permissions::from_mode(0o000)).unwrap();
-    if std::fs::read(&files[3]).is_ok() {
-        eprintln!("running as root: permissions do not make a file unreadable; nothing to test");
-        return;
-    }
+    std::fs::remove_file(&files[3]).unwrap();
+    std::os::unix::fs::symlink("/proc/self/mem", &files[3]).unwrap();
+    let mut probe = [0u8; 1];
+    assert!(
+        std::io::Read::read(&mut std::fs::File::open(&files[3]).unwrap(), &mut probe).is_err(),
+        "reading /proc/self/mem at 0 was expected to fail"
+    );
     let db = tmp.path().join("index.db");
     let report = run(&db, &options(&gallery), &mut FakeModels::new()).unwrap();
     assert_eq!((report.indexed, report.skipped), (5, 1));
     let summary = summary_of(&db);
+    assert_eq!(summary.skipped.len(), 1, "{:?}", summary.skipped);
+    assert!(summary.skipped[0].path.ends_with(files[3].file_name().unwrap().to_str().unwrap()), "{:?}", summary.skipped);
     assert!(summary.skipped[0].reason.contains("cannot read"), "{:?}", summary.skipped);
 }
 
@@ -407,4 +415,107 @@ fn png_header_claiming(w: u32, h: u32) -> Vec<u8> {
     chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
     chunk(&mut out, b"IEND", &[]);
     out
+}
+
+/// Stops the run it observes after `after` committed files, and records what a search of
+/// the same engine sees after each commit.
+struct StopAfter<'a> {
+    engine: &'a capmatch_engine::Engine,
+    after: usize,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::cell::RefCell<Vec<(usize, usize)>>,
+}
+
+impl capmatch_engine::IndexObserver for StopAfter<'_> {
+    fn progressed(&self, done: usize) {
+        let hits = self
+            .engine
+            .search(&capmatch_engine::SearchRequest::new(
+                capmatch_engine::Query::Text("anything".into()),
+                capmatch_engine::Mode::Caption,
+                100,
+            ))
+            .unwrap()
+            .hits;
+        self.seen.borrow_mut().push((done, hits.len()));
+        if done >= self.after {
+            self.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_cancelled_run_stops_between_commits_and_search_sees_each_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("photos");
+    copy_real_images(&gallery);
+    let db = tmp.path().join("index.db");
+    let models = FakeModels::new();
+    let engine = writer(&db, &models).unwrap();
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut opts = options(&gallery);
+    opts.cancel = Some(cancel.clone());
+    let observer = StopAfter { engine: &engine, after: 2, cancel, seen: Default::default() };
+
+    let report = engine.index_folders(&opts, &observer).unwrap();
+    assert!(report.cancelled);
+    assert_eq!(report.indexed, 2, "one batch of two, then the stop");
+    // Searching between two commits of the job sees exactly what was committed.
+    assert_eq!(*observer.seen.borrow(), vec![(2, 2)]);
+    assert_eq!(indexed_paths(&db).len(), 2);
+    drop(engine);
+
+    // The next run finishes the job; nothing is lost or duplicated.
+    let mut models = models;
+    let report = run(&db, &options(&gallery), &mut models).unwrap();
+    assert!(!report.cancelled);
+    assert_eq!((report.indexed, report.unchanged), (4, 2));
+    assert_eq!(indexed_paths(&db).len(), 6);
+}
+
+#[test]
+fn search_sees_every_commit_of_a_running_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = tmp.path().join("photos");
+    copy_real_images(&gallery);
+    let db = tmp.path().join("index.db");
+    let engine = writer(&db, &FakeModels::new()).unwrap();
+    let observer = StopAfter { engine: &engine, after: usize::MAX, cancel: Default::default(), seen: Default::default() };
+    let report = engine.index_folders(&options(&gallery), &observer).unwrap();
+    assert!(!report.cancelled);
+    assert_eq!(*observer.seen.borrow(), vec![(2, 2), (4, 4), (6, 6)]);
+}
+
+#[test]
+fn uploads_are_kept_by_hash_indexed_and_bad_ones_refused_alone() {
+    use capmatch_engine::{ErrorKind, Upload};
+    let tmp = tempfile::tempdir().unwrap();
+    let files = copy_real_images(&tmp.path().join("src"));
+    let db = tmp.path().join("index.db");
+    let engine = writer(&db, &FakeModels::new()).unwrap();
+    let png = std::fs::read(&files[0]).unwrap();
+    let upload = |name: &str, bytes: Vec<u8>| Upload { name: name.into(), domain: "uploads".into(), bytes };
+    let outcomes = engine
+        .index_uploads(
+            &[upload("../../evil.png", png.clone()), upload("notes.txt", b"hello".to_vec()), upload("again.jpg", png.clone())],
+            4,
+            &NoObserver,
+        )
+        .unwrap();
+    assert!(outcomes[0].error.is_none(), "{:?}", outcomes[0]);
+    assert_eq!(outcomes[1].error_kind, Some(ErrorKind::NotAnImage));
+    assert!(outcomes[1].id.is_none());
+    // The same bytes are one file, whatever their names.
+    assert_eq!(outcomes[2].id, outcomes[0].id);
+    let entry = engine.entry(outcomes[0].id.unwrap()).unwrap();
+    let stored = Path::new(&entry.path);
+    assert_eq!(stored.parent().unwrap(), capmatch_engine::uploads_dir(&db).canonicalize().unwrap());
+    assert_eq!(stored.extension().unwrap(), "png");
+    assert_eq!(std::fs::read(stored).unwrap(), png);
+    assert_eq!(entry.domain, "uploads");
+    assert_eq!(engine.len().unwrap(), 1);
+    // A read-only engine refuses uploads.
+    drop(engine);
+    let err = reader(&db).index_uploads(&[upload("x.png", png)], 1, &NoObserver).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
 }

@@ -21,6 +21,8 @@
 //! assert_eq!(report.results[0].metrics.precision, [100.0]);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod dataset;
 pub mod metrics;
 pub mod protocol;

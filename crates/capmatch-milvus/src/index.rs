@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use capmatch_retrieval::{components, top_k_images, GalleryVectors, QueryVectors};
-use capmatch_store::{ImageId, IndexStats, ShardCount, StoreError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
+use capmatch_store::{ImageEntry, ImageId, IndexStats, ShardCount, StoreError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use milvus::proto::common::{ConsistencyLevel, DslType, KeyValuePair, PlaceholderGroup, PlaceholderType, PlaceholderValue};
 use milvus::proto::milvus as rpc;
 use milvus::proto::schema::{i_ds, FieldData};
@@ -13,12 +13,13 @@ use serde::{Deserialize, Serialize};
 use crate::address::MilvusAddress;
 use crate::fields::{exact, floats, get_floats, get_longs, get_strings, in_list, longs, quoted, searchable, strings};
 use crate::rpc::Connection;
-use crate::schema::{self, Names, MAX_DOMAIN};
+use crate::schema::{self, Names, MAX_DOMAIN, MAX_ENTRY};
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 const FORMAT: &str = "capmatch-milvus";
-const VERSION: u32 = 1;
+/// 2: image rows carry their catalog entry (`entry`).
+const VERSION: u32 = 2;
 /// The most rows one search or query page returns (Milvus' `topk`/`limit` bound).
 const WINDOW: usize = 16384;
 /// Ids per `in [...]` filter.
@@ -91,6 +92,37 @@ fn new_version(id_seed: u64) -> i64 {
     h.update(&std::process::id().to_le_bytes());
     h.update(&id_seed.to_le_bytes());
     (u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes")) >> 1) as i64
+}
+
+/// An image's catalog entry as its row keeps it (JSON in `entry`; the id and domain are
+/// the row's own fields).
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredEntry {
+    path: String,
+    hash: String,
+    size: u64,
+    width: u32,
+    height: u32,
+    captions: Vec<String>,
+}
+
+impl StoredEntry {
+    /// The JSON kept, within the field's bound: captions are left out of an entry that
+    /// would not fit (they stay in the writer's catalog).
+    fn json(e: &ImageEntry) -> String {
+        let mut stored =
+            StoredEntry { path: e.path.clone(), hash: e.hash.clone(), size: e.size, width: e.width, height: e.height, captions: e.captions.clone() };
+        let mut text = serde_json::to_string(&stored).expect("entries serialise");
+        if text.len() > MAX_ENTRY {
+            stored.captions.clear();
+            text = serde_json::to_string(&stored).expect("entries serialise");
+        }
+        if text.len() > MAX_ENTRY {
+            // A path longer than any file system allows: no entry rather than a refused write.
+            return String::new();
+        }
+        text
+    }
 }
 
 /// An image row as read back.
@@ -523,7 +555,12 @@ impl VectorIndex for MilvusIndex {
     }
 
     fn upsert(&mut self, records: &[VectorRecord]) -> Result<()> {
+        self.upsert_with_entries(records, &[])
+    }
+
+    fn upsert_with_entries(&mut self, records: &[VectorRecord], entries: &[ImageEntry]) -> Result<()> {
         self.require_writer()?;
+        let entries: HashMap<ImageId, String> = entries.iter().map(|e| (e.id, StoredEntry::json(e))).collect();
         if records.is_empty() {
             return Ok(());
         }
@@ -581,6 +618,7 @@ impl VectorIndex for MilvusIndex {
                 longs("captions", chunk.iter().map(|r| (r.captions.len() / dim) as i64).collect()),
                 floats("image", dim, vectors.concat()),
                 strings("raw", raw),
+                strings("entry", chunk.iter().map(|r| entries.get(&r.id).cloned().unwrap_or_default()).collect()),
             ];
             self.upsert_rows(&self.names.images, fields, chunk.len())?;
         }
@@ -626,12 +664,37 @@ impl VectorIndex for MilvusIndex {
         self.search_exact(query, dim)
     }
 
+    fn stored_entries(&self, ids: &[ImageId]) -> Result<Vec<Option<ImageEntry>>> {
+        let mut found: HashMap<ImageId, ImageEntry> = HashMap::new();
+        if self.dim.is_some() {
+            for chunk in ids.chunks(IDS_PER_FILTER) {
+                let keys: Vec<i64> = chunk.iter().map(|id| id.0 as i64).collect();
+                let f = self.query(&self.names.images, &in_list("id", &keys), &["id", "domain", "entry"], None)?;
+                let (rows, domains, texts) = (get_longs(&f, "id")?, get_strings(&f, "domain")?, get_strings(&f, "entry")?);
+                for ((id, domain), text) in rows.into_iter().zip(domains).zip(texts) {
+                    if text.is_empty() {
+                        continue;
+                    }
+                    let e: StoredEntry = serde_json::from_str(&text)
+                        .map_err(|e| StoreError::InvalidInput(format!("{}: an unreadable entry of image {id}: {e}", self.address_text())))?;
+                    let id = ImageId(id as u64);
+                    found.insert(
+                        id,
+                        ImageEntry { id, path: e.path, domain, hash: e.hash, size: e.size, width: e.width, height: e.height, captions: e.captions },
+                    );
+                }
+            }
+        }
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+    }
+
     fn ids(&self) -> Result<Vec<(ImageId, String)>> {
         if self.dim.is_none() {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        let filter = format!("shard == {}", quoted(&self.options.shard));
+        // A writer's own images (reconciled against its catalog); a reader's: every shard's.
+        let filter = if self.options.writable { format!("shard == {}", quoted(&self.options.shard)) } else { String::new() };
         for page in self.query_all(&self.names.images, "id", &filter, &["id", "domain"])? {
             out.extend(get_longs(&page, "id")?.into_iter().map(|i| ImageId(i as u64)).zip(get_strings(&page, "domain")?));
         }

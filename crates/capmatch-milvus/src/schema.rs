@@ -47,6 +47,9 @@ fn vector(id: i64, name: &str, dim: usize) -> FieldSchema {
     FieldSchema { type_params: vec![kv("dim", dim)], ..field(id, name, DataType::FloatVector) }
 }
 
+/// Longest JSON of an image's catalog entry (a VARCHAR's largest bound).
+pub(crate) const MAX_ENTRY: usize = 65535;
+
 /// The image collection: one row per image, keyed by its `ImageId`.
 pub(crate) fn images(name: &str, dim: usize) -> CollectionSchema {
     CollectionSchema {
@@ -60,6 +63,7 @@ pub(crate) fn images(name: &str, dim: usize) -> CollectionSchema {
             field(104, "captions", DataType::Int64),
             vector(105, "image", dim),
             varchar(106, "raw", 65535),
+            varchar(107, "entry", MAX_ENTRY),
         ],
         ..Default::default()
     }

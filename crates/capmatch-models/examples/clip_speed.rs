@@ -1,12 +1,14 @@
 //! Times the CLIP towers on a checkpoint directory (random inputs; weights as stored):
-//! `cargo run --release -p capmatch-models --example clip_speed -- DIR [f32|bf16|f16] [reps] [image|text|both] [batch]`.
-//! Prints the median ms/image (batch 8 unless given) and ms/caption (batch 32 × 20 tokens).
+//! `cargo run --release -p capmatch-models --example clip_speed -- DIR [f32|bf16|f16] [reps] [image|text|both] [batch] [fused|candle]`.
+//! Prints the median ms/image (batch 8 unless given) and ms/caption (batch 32 × 20 tokens), on
+//! the fused CPU kernels unless `candle` is given.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use capmatch_models::clip::{ClipConfig, ClipModel};
+use capmatch_models::{Kernels, Loader};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -24,10 +26,11 @@ fn main() -> candle_core::Result<()> {
     let reps: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(5);
     let which = args.get(4).map(String::as_str).unwrap_or("both");
     let batch: usize = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(8);
+    let kernels: Kernels = args.get(6).map_or(Ok(Kernels::Fused), |s| s.parse()).expect("kernels");
     let dev = Device::Cpu;
     let cfg = ClipConfig::from_json_str(&std::fs::read_to_string(dir.join("config.json"))?).unwrap();
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], dtype, &dev)? };
-    let model = ClipModel::new(vb, &cfg)?;
+    let model = ClipModel::new(Loader::new(vb, kernels), &cfg)?;
 
     let s = cfg.vision_config.image_size;
     let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &dev)?.to_dtype(dtype)?;

@@ -16,13 +16,14 @@
 //! `text_decoder.cls.…`).
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::LayerNorm;
 use serde::Deserialize;
 
-use crate::clip::HiddenAct;
+use crate::activation::HiddenAct;
 use crate::generation::{StepDecoder, TokenIds};
-use crate::layers::{get_compute, layer_norm, Emb, Lin};
-use crate::ops::CpuVisionEncoder;
+use crate::clip::{cpu_layer, layer_shape, LayerShape};
+use crate::layers::{dense, get_compute, layer_norm, Emb, Lin, Loader};
+use crate::ops::{CpuEncoder, Dense};
 
 /// An `int` or a `[height, width]` pair (BlipVisionConfig's `image_size` / `patch_size`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -49,7 +50,7 @@ fn d_12() -> usize { 12 }
 fn d_8() -> usize { 8 }
 fn d_image_size() -> Size2 { Size2::Square(384) }
 fn d_patch_size() -> Size2 { Size2::Square(16) }
-fn d_gelu() -> String { "gelu".into() }
+fn d_gelu() -> HiddenAct { HiddenAct::Gelu }
 fn d_eps_vision() -> f64 { 1e-5 }
 fn d_eps_text() -> f64 { 1e-12 }
 fn d_vocab() -> usize { 30524 }
@@ -77,7 +78,7 @@ pub struct BlipVisionConfig {
     #[serde(default = "d_patch_size")]
     pub patch_size: Size2,
     #[serde(default = "d_gelu")]
-    pub hidden_act: String,
+    pub hidden_act: HiddenAct,
     #[serde(default = "d_eps_vision")]
     pub layer_norm_eps: f64,
 }
@@ -110,7 +111,7 @@ pub struct BlipTextConfig {
     #[serde(default = "d_512")]
     pub max_position_embeddings: usize,
     #[serde(default = "d_gelu")]
-    pub hidden_act: String,
+    pub hidden_act: HiddenAct,
     #[serde(default = "d_eps_text")]
     pub layer_norm_eps: f64,
     #[serde(default = "d_bos")]
@@ -168,17 +169,6 @@ impl BlipConfig {
     }
 }
 
-fn activation(name: &str, xs: &Tensor) -> Result<Tensor> {
-    match name {
-        "gelu" => xs.gelu_erf(),
-        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => xs.gelu(),
-        "quick_gelu" => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
-        "relu" => xs.relu(),
-        "silu" | "swish" => xs.silu(),
-        other => candle_core::bail!("unsupported hidden_act {other:?}"),
-    }
-}
-
 /// `(b, t, heads*hd)` → `(b, heads, t, hd)`, contiguous.
 fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, t, c) = x.dims3()?;
@@ -216,11 +206,11 @@ struct VisionLayer {
     fc2: Lin,
     layer_norm2: LayerNorm,
     heads: usize,
-    act: String,
+    act: HiddenAct,
 }
 
 impl VisionLayer {
-    fn load(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &BlipVisionConfig, vb: Loader) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
             qkv: Lin::load(h, 3 * h, true, vb.pp("self_attn.qkv"))?,
@@ -230,7 +220,7 @@ impl VisionLayer {
             fc2: Lin::load(cfg.intermediate_size, h, true, vb.pp("mlp.fc2"))?,
             layer_norm2: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
             heads: cfg.num_attention_heads,
-            act: cfg.hidden_act.clone(),
+            act: cfg.hidden_act,
         })
     }
 
@@ -248,7 +238,7 @@ impl VisionLayer {
         let xs = (h + residual)?;
         let residual = &xs;
         let h = self.layer_norm2.forward(&xs)?;
-        let h = self.fc2.forward(&activation(&self.act, &self.fc1.forward(&h)?)?)?;
+        let h = self.fc2.forward(&self.act.forward(&self.fc1.forward(&h)?)?)?;
         h + residual
     }
 }
@@ -258,8 +248,7 @@ pub struct BlipVisionModel {
     class_embedding: Tensor,
     /// The patch `Conv2d` (kernel = stride = patch) as a linear map over flattened
     /// `(channel, row, column)` patches: `(hidden, 3·p·p)` weight and bias.
-    patch_weight: Tensor,
-    patch_bias: Tensor,
+    patch_embedding: Lin,
     patch: usize,
     position_embedding: Tensor,
     encoder: VisionEncoder,
@@ -268,15 +257,48 @@ pub struct BlipVisionModel {
 }
 
 /// The encoder layers: the fused f32/bf16 kernels of [`crate::ops`] on the CPU, candle
-/// ops elsewhere (or for an activation those kernels lack).
+/// ops elsewhere.
 enum VisionEncoder {
     Candle(Vec<VisionLayer>),
-    Cpu(CpuVisionEncoder),
+    Cpu(CpuEncoder),
+}
+
+/// The `n` vision encoder layers of BLIP or BLIP-2 (`vb` at the tower's `encoder.layers`;
+/// the two share their layout: CLIP's, but with a fused `self_attn.qkv`, whose bias BLIP-2
+/// stores as `[q_bias, 0, v_bias]` or omits (`qkv_bias`), and the output projection named
+/// `self_attn.projection`) for the fused CPU kernels, the attention scale folded into q.
+pub(crate) fn load_cpu_vision_layers(vb: Loader, n: usize, s: LayerShape, qkv_bias: bool) -> Result<CpuEncoder> {
+    let d = s.hidden;
+    let scale = ((d / s.heads) as f64).powf(-0.5) as f32;
+    let layer = |i: usize| {
+        let (vb, attn) = (vb.pp(i), vb.pp(i).pp("self_attn"));
+        let mut w = attn.pp("qkv").get_f32((3 * d, d), "weight")?;
+        let mut b = if qkv_bias { attn.pp("qkv").get_f32(3 * d, "bias")? } else { vec![0.0; 3 * d] };
+        w[..d * d].iter_mut().chain(&mut b[..d]).for_each(|v| *v *= scale);
+        cpu_layer(&vb, s, Dense::from_f32(w, b, d, 3 * d, vb.dtype()), dense(d, d, attn.pp("projection"))?)
+    };
+    Ok(CpuEncoder::new((0..n).map(layer).collect::<Result<_>>()?))
+}
+
+/// The patch `Conv2d` of a ViT (kernel = stride = `p`, with bias) as a linear map over
+/// flattened `(channel, row, column)` patches (`vb` at `patch_embedding`).
+pub(crate) fn load_patch_embedding(hidden: usize, channels: usize, p: usize, vb: Loader) -> Result<Lin> {
+    let weight = vb.get((hidden, channels, p, p), "weight")?.reshape((hidden, channels * p * p))?;
+    Lin::new(weight, Some(vb.get(hidden, "bias")?), vb.kernels())
+}
+
+/// Pixels `(b, c, h, w)` as rows of flattened `p × p` patches, `(b, (h/p)·(w/p), c·p·p)`,
+/// row-major over the grid, each in the conv weight's `(channel, row, column)` order.
+pub(crate) fn patches(pixel_values: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, c, h, w) = pixel_values.dims4()?;
+    let (gh, gw) = (h / p, w / p);
+    pixel_values.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((b, gh * gw, c * p * p))
 }
 
 impl BlipVisionModel {
     /// `vb` at `vision_model`.
-    pub fn load(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn load<'a>(cfg: &BlipVisionConfig, vb: impl Into<Loader<'a>>) -> Result<Self> {
+        let vb = vb.into();
         let h = cfg.hidden_size;
         let (ih, iw) = cfg.image_size.hw();
         let (ph, pw) = cfg.patch_size.hw();
@@ -285,19 +307,15 @@ impl BlipVisionModel {
         }
         let num_positions = (ih / ph) * (iw / pw) + 1;
         let emb = vb.pp("embeddings");
-        let pe = emb.pp("patch_embedding");
-        let layer_vb = |i: usize| vb.pp(format!("encoder.layers.{i}"));
-        let encoder = match HiddenAct::from_name(&cfg.hidden_act) {
-            Some(act) if vb.device().is_cpu() => {
-                let (n, inter, heads, eps) = (cfg.num_hidden_layers, cfg.intermediate_size, cfg.num_attention_heads, cfg.layer_norm_eps);
-                VisionEncoder::Cpu(CpuVisionEncoder::load(vb.pp("encoder.layers"), n, h, inter, heads, act, eps, true)?)
-            }
-            _ => VisionEncoder::Candle((0..cfg.num_hidden_layers).map(|i| VisionLayer::load(cfg, layer_vb(i))).collect::<Result<_>>()?),
+        let encoder = if vb.fused() {
+            VisionEncoder::Cpu(load_cpu_vision_layers(vb.pp("encoder.layers"), cfg.num_hidden_layers, layer_shape!(cfg), true)?)
+        } else {
+            let layer_vb = |i: usize| vb.pp(format!("encoder.layers.{i}"));
+            VisionEncoder::Candle((0..cfg.num_hidden_layers).map(|i| VisionLayer::load(cfg, layer_vb(i))).collect::<Result<_>>()?)
         };
         Ok(Self {
             class_embedding: get_compute(&emb, (1, 1, h), "class_embedding")?,
-            patch_weight: get_compute(&pe, (h, 3, ph, pw), "weight")?.reshape((h, 3 * ph * pw))?,
-            patch_bias: get_compute(&pe, h, "bias")?,
+            patch_embedding: load_patch_embedding(h, 3, ph, emb.pp("patch_embedding"))?,
             patch: ph,
             position_embedding: get_compute(&emb, (1, num_positions, h), "position_embedding")?,
             encoder,
@@ -322,20 +340,11 @@ impl BlipVisionModel {
         if (h, w) != (ih, iw) {
             candle_core::bail!("pixel values are {h}x{w}, the model expects {ih}x{iw} (position interpolation is not supported)");
         }
-        let dtype = self.dtype();
-        // Conv2d with kernel = stride = p, as a matmul over the unfolded patches (the CPU
-        // conv2d of candle has no bf16 kernel, and the matmul is faster anyway).
-        let p = self.patch;
-        let (gh, gw) = (h / p, w / p);
-        let patches = pixel_values
-            .to_dtype(dtype)?
-            .reshape((b, 3, gh, p, gw, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b, gh * gw, 3 * p * p))?;
-        let patches = patches.broadcast_matmul(&self.patch_weight.t()?)?.broadcast_add(&self.patch_bias)?; // (b, n, hidden)
+        // Conv2d with kernel = stride = p, as a product over the unfolded patches (the CPU
+        // conv2d of candle has no bf16 kernel, and folds the batch into its product's rows).
+        let patch_embeds = self.patch_embedding.forward(&patches(&pixel_values.to_dtype(self.dtype())?, self.patch)?)?; // (b, n, hidden)
         let class = self.class_embedding.broadcast_as((b, 1, self.config.hidden_size))?;
-        let mut xs = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
+        let mut xs = Tensor::cat(&[&class, &patch_embeds], 1)?.broadcast_add(&self.position_embedding)?;
         match &self.encoder {
             VisionEncoder::Candle(layers) => {
                 for layer in layers {
@@ -362,7 +371,7 @@ struct BertAttention {
 }
 
 impl BertAttention {
-    fn load(cfg: &BlipTextConfig, kv_in: usize, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &BlipTextConfig, kv_in: usize, vb: Loader) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
             query: Lin::load(h, h, true, vb.pp("self.query"))?,
@@ -422,11 +431,11 @@ struct TextLayer {
     intermediate: Lin,
     output: Lin,
     output_norm: LayerNorm,
-    act: String,
+    act: HiddenAct,
 }
 
 impl TextLayer {
-    fn load(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &BlipTextConfig, vb: Loader) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
             attention: BertAttention::load(cfg, h, vb.pp("attention"))?,
@@ -434,7 +443,7 @@ impl TextLayer {
             intermediate: Lin::load(h, cfg.intermediate_size, true, vb.pp("intermediate.dense"))?,
             output: Lin::load(cfg.intermediate_size, h, true, vb.pp("output.dense"))?,
             output_norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
-            act: cfg.hidden_act.clone(),
+            act: cfg.hidden_act,
         })
     }
 }
@@ -515,7 +524,8 @@ pub struct BlipTextLMHeadModel {
 
 impl BlipTextLMHeadModel {
     /// `vb` at `text_decoder`.
-    pub fn load(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn load<'a>(cfg: &BlipTextConfig, vb: impl Into<Loader<'a>>) -> Result<Self> {
+        let vb = vb.into();
         let h = cfg.hidden_size;
         let bert = vb.pp("bert");
         let emb = bert.pp("embeddings");
@@ -541,7 +551,7 @@ impl BlipTextLMHeadModel {
                 .collect::<Result<_>>()?,
             transform_dense: Lin::load(h, h, true, pred.pp("transform.dense"))?,
             transform_norm: layer_norm(h, cfg.layer_norm_eps, pred.pp("transform.LayerNorm"))?,
-            decoder: Lin::new(weight, Some(bias))?,
+            decoder: Lin::new(weight, Some(bias), vb.kernels())?,
             config: cfg.clone(),
         })
     }
@@ -598,7 +608,7 @@ impl BlipTextLMHeadModel {
             state.self_kv[i] = Some((k, v));
             let (ck, cv) = &state.cross_kv[i];
             let h = layer.crossattention.forward_images(&h, ck, cv, &rows)?;
-            let inter = activation(&layer.act, &layer.intermediate.forward(&h)?)?;
+            let inter = layer.act.forward(&layer.intermediate.forward(&h)?)?;
             xs = layer.output_norm.forward(&(layer.output.forward(&inter)? + &h)?)?;
         }
         state.past_len += n;
@@ -608,7 +618,7 @@ impl BlipTextLMHeadModel {
     /// The LM head: hidden states `(…, hidden)` → logits `(…, vocab)`.
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
         let h = self.transform_dense.forward(hidden)?;
-        let h = self.transform_norm.forward(&activation(&self.config.hidden_act, &h)?)?;
+        let h = self.transform_norm.forward(&self.config.hidden_act.forward(&h)?)?;
         self.decoder.forward(&h)
     }
 
@@ -632,8 +642,10 @@ pub struct BlipForConditionalGeneration {
 }
 
 impl BlipForConditionalGeneration {
-    /// `vb` at the checkpoint root.
-    pub fn load(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
+    /// `vb` at the checkpoint root: a `VarBuilder` (the fused CPU kernels on the CPU) or a
+    /// [`Loader`] that says which kernels to use.
+    pub fn load<'a>(cfg: &BlipConfig, vb: impl Into<Loader<'a>>) -> Result<Self> {
+        let vb = vb.into();
         let mut cfg = cfg.clone();
         cfg.text_config.encoder_hidden_size = cfg.vision_config.hidden_size;
         Ok(Self {

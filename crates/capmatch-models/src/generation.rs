@@ -51,8 +51,13 @@
 //! num_beams` candidates per item over `log_softmax` scores accumulated in `f32`,
 //! finished candidates kept only among the top `num_beams`, `length_penalty` applied as
 //! `score / generated_len^length_penalty`, the `early_stopping` heuristics, `-1e9`
-//! masking) including its batch-level loop condition, so batched results equal
-//! transformers' batched results.
+//! masking). Each item's search stops when transformers' loop condition would stop it were
+//! it generated alone; its rows then idle (they are fed their last token, and nothing reads
+//! their logits) until the whole batch is done. transformers instead keeps a batch's stopped
+//! items in its loop until every item stops; that can change an item's result only in
+//! corner cases (an item with no finished hypothesis whose every candidate is an EOS), and
+//! stopping per item makes an item's result independent of the batch it is in, as the
+//! captioner promises.
 
 pub use crate::TokenIds;
 use candle_core::{DType, Result, Tensor};
@@ -399,6 +404,8 @@ fn beam_search<D: StepDecoder + ?Sized>(
     let mut fin: Vec<Vec<(Vec<u32>, f32, bool)>> =
         prompts.iter().map(|pr| vec![(pr.clone(), NEG, false); nb]).collect();
     let mut unsatisfied = vec![true; batch];
+    // Items whose search has stopped (as it would have alone).
+    let mut stopped = vec![false; batch];
 
     let expand: Vec<u32> = (0..batch * nb).map(|r| (r / nb) as u32).collect();
     decoder.reorder(&expand)?;
@@ -407,12 +414,22 @@ fn beam_search<D: StepDecoder + ?Sized>(
     let mut cur_len = prompt_len;
     loop {
         let logits = logits_rows(&decoder.forward(&input)?)?;
-        let mut all_hit = true;
+        let mut all_hit = vec![true; batch];
         let mut reorder_rows = Vec::with_capacity(batch * nb);
         let mut next_tokens = Vec::with_capacity(batch * nb);
         let mut new_running = Vec::with_capacity(batch);
         let mut new_running_scores = Vec::with_capacity(batch);
         for b in 0..batch {
+            if stopped[b] {
+                // Idle rows: each continues itself with its last token.
+                for (j, seq) in running[b].iter().enumerate() {
+                    reorder_rows.push((b * nb + j) as u32);
+                    next_tokens.push(*seq.last().expect("a prompt token"));
+                }
+                new_running.push(std::mem::take(&mut running[b]));
+                new_running_scores.push(std::mem::take(&mut running_scores[b]));
+                continue;
+            }
             // b. accumulated log-probs over num_beams × vocab
             let mut acc: Vec<f32> = Vec::new();
             let mut vocab = 0;
@@ -432,7 +449,7 @@ fn beam_search<D: StepDecoder + ?Sized>(
                 .iter()
                 .map(|&(_, t, _)| cur_len + 1 >= p.max_length || p.eos_token_ids.contains(&t))
                 .collect();
-            all_hit &= hits.iter().all(|&h| h);
+            all_hit[b] = hits.iter().all(|&h| h);
             // e. running beams for the next iteration
             let masked: Vec<f32> = cand.iter().zip(&hits).map(|(&(_, _, s), &h)| if h { s + NEG } else { s }).collect();
             let keep = topk(&masked, nb);
@@ -477,7 +494,7 @@ fn beam_search<D: StepDecoder + ?Sized>(
         running_scores = new_running_scores;
         cur_len += 1;
         // early-stop heuristic
-        for b in 0..batch {
+        for b in (0..batch).filter(|&b| !stopped[b]) {
             let best_len = if p.early_stopping == EarlyStopping::Never && lp > 0.0 {
                 p.max_length - prompt_len
             } else {
@@ -488,10 +505,16 @@ fn beam_search<D: StepDecoder + ?Sized>(
             let any = fin[b].iter().any(|h| best_possible > if h.2 { min_fin } else { NEG });
             unsatisfied[b] &= any;
         }
-        let improvement_possible = unsatisfied.iter().any(|&u| u);
-        let all_finished = fin.iter().all(|f| f.iter().all(|h| h.2));
-        let exists_open = !(all_finished && p.early_stopping == EarlyStopping::True);
-        if !(improvement_possible && exists_open && !all_hit) {
+        // transformers' loop condition, for each item as if it were alone.
+        for b in 0..batch {
+            if stopped[b] {
+                continue;
+            }
+            let all_finished = fin[b].iter().all(|h| h.2);
+            let exists_open = !(all_finished && p.early_stopping == EarlyStopping::True);
+            stopped[b] = !(unsatisfied[b] && exists_open && !all_hit[b]);
+        }
+        if stopped.iter().all(|&s| s) {
             break;
         }
         decoder.reorder(&reorder_rows)?;

@@ -1,22 +1,113 @@
-//! Layers for the BLIP and BLIP-2 models that keep their large weights in the checkpoint's
-//! storage dtype (bf16 halves the memory of f32) and compute in a dtype the device can
-//! multiply in.
+//! How models load: a [`Loader`] (a candle `VarBuilder` plus the [`Kernels`] the layers run
+//! on), and the layers that keep their large weights in the checkpoint's storage dtype (bf16
+//! halves the memory of f32) while computing in a dtype the device can multiply in.
 //!
-//! On the CPU activations are f32 whatever the storage dtype (candle's CPU backend has no
-//! bf16 kernels): a [`Lin`] multiplies through `ops::Dense` — f32 weights packed for an
-//! AVX-512 kernel (`gemm` on other CPUs), bf16 weights packed once for AVX512_BF16 dot
-//! products — and the small tensors (norms, biases, position tables) are widened to f32 once
-//! at load. Where the CPU lacks bf16 instructions, bf16 weights stay bf16 and are widened per
-//! product. On other devices the compute dtype is the storage dtype.
+//! With [`Kernels::Fused`] on the CPU, activations are f32 whatever the storage dtype and a
+//! [`Lin`] multiplies through the CPU kernels of [`crate::ops`] (weights packed once at
+//! load); the small tensors (norms, biases, position tables) are widened to f32 once at load.
+//! Elsewhere — other devices, or [`Kernels::Candle`] — layers are candle ops in the compute
+//! dtype, the code a GPU runs.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use crate::ops::{cpu_has_bf16_matmul, Dense};
+use crate::ops::{Dense, LayerNormF32};
 
-/// The dtype activations use for weights stored as `storage` on `device`.
+/// Which code runs a model's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// On the CPU the fused kernels of [`crate::ops`] (batch-invariant); candle ops on other
+    /// devices.
+    #[default]
+    Fused,
+    /// candle ops on every device: on the CPU, the code path a GPU runs (for testing it).
+    Candle,
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+
+    /// `fused` or `candle`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fused" => Ok(Self::Fused),
+            "candle" => Ok(Self::Candle),
+            other => Err(format!("unknown kernels {other:?}: expected \"fused\" or \"candle\"")),
+        }
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fused => "fused",
+            Self::Candle => "candle",
+        })
+    }
+}
+
+/// A `VarBuilder` (the checkpoint's tensors, in its dtype, on its device) and the kernels
+/// the layers it loads will run on. Dereferences to the `VarBuilder`.
+#[derive(Clone)]
+pub struct Loader<'a> {
+    vb: VarBuilder<'a>,
+    kernels: Kernels,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(vb: VarBuilder<'a>, kernels: Kernels) -> Self {
+        Self { vb, kernels }
+    }
+
+    /// The tensors under `prefix`.
+    pub fn pp<S: ToString>(&self, prefix: S) -> Self {
+        Self { vb: self.vb.pp(prefix), kernels: self.kernels }
+    }
+
+    /// The same tensors converted to `dtype` as they are taken.
+    pub fn set_dtype(&self, dtype: DType) -> Self {
+        Self { vb: self.vb.clone().set_dtype(dtype), kernels: self.kernels }
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Whether layers run on the fused CPU kernels ([`Kernels::Fused`] on the CPU).
+    pub fn fused(&self) -> bool {
+        self.kernels == Kernels::Fused && self.vb.device().is_cpu()
+    }
+
+    /// The activations' dtype for this loader's weights (see [`compute_dtype`]).
+    pub fn compute_dtype(&self) -> DType {
+        compute_dtype(self.vb.dtype(), self.vb.device())
+    }
+
+    /// A weight as an f32 vector, whatever dtype it is stored in.
+    pub fn get_f32<S: Into<candle_core::Shape>>(&self, shape: S, name: &str) -> Result<Vec<f32>> {
+        self.vb.get(shape, name)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+    }
+}
+
+impl<'a> std::ops::Deref for Loader<'a> {
+    type Target = VarBuilder<'a>;
+
+    fn deref(&self) -> &VarBuilder<'a> {
+        &self.vb
+    }
+}
+
+/// The fused CPU kernels where the device is the CPU, candle ops elsewhere.
+impl<'a> From<VarBuilder<'a>> for Loader<'a> {
+    fn from(vb: VarBuilder<'a>) -> Self {
+        Self::new(vb, Kernels::Fused)
+    }
+}
+
+/// The dtype activations use for weights stored as `storage` on `device`: f32 on the CPU
+/// (candle's CPU backend has no bf16 matmul), the storage dtype elsewhere.
 pub fn compute_dtype(storage: DType, device: &Device) -> DType {
     if device.is_cpu() && matches!(storage, DType::BF16 | DType::F16) {
         DType::F32
@@ -25,21 +116,16 @@ pub fn compute_dtype(storage: DType, device: &Device) -> DType {
     }
 }
 
-fn compute_of(vb: &VarBuilder) -> DType {
-    compute_dtype(vb.dtype(), vb.device())
-}
-
-/// `nn.Linear`. On the CPU its weight lives in a `Dense`: f32 (packed, or `gemm`), or bf16
-/// packed once for AVX512_BF16's dot product (activations rounded to bf16 per product, f32
-/// accumulation, as PyTorch's bf16 linear). Elsewhere, and for bf16/f16 on CPUs without
-/// bf16 instructions, the weight stays in its storage dtype and is widened per product.
-#[derive(Clone)]
+/// `nn.Linear`. On the fused CPU kernels its weight lives in a packed `Dense` (bf16 weights
+/// stay bf16: see `ops::dense`); otherwise the weight stays in its storage dtype and the
+/// product is candle's, in the compute dtype.
+#[derive(Debug, Clone)]
 pub struct Lin {
     kind: LinKind,
     out_dim: usize,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 enum LinKind {
     /// Shared, not copied, when a model is cloned.
     Cpu(Arc<Dense>),
@@ -47,22 +133,22 @@ enum LinKind {
 }
 
 impl Lin {
-    pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: Loader) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        Self::new(weight, bias)
+        Self::new(weight, bias, vb.kernels())
     }
 
     /// A bias-free projection on an existing `(out, in)` matrix (a tied LM head).
-    pub fn from_weight(weight: Tensor) -> Result<Self> {
-        Self::new(weight, None)
+    pub fn from_weight(weight: Tensor, kernels: Kernels) -> Result<Self> {
+        Self::new(weight, None, kernels)
     }
 
     /// From an `(out, in)` weight and an optional bias, in their storage dtype.
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, kernels: Kernels) -> Result<Self> {
         let (storage, device) = (weight.dtype(), weight.device().clone());
         let out_dim = weight.dim(0)?;
-        let kind = if device.is_cpu() && (storage == DType::F32 || (storage == DType::BF16 && cpu_has_bf16_matmul())) {
+        let kind = if device.is_cpu() && kernels == Kernels::Fused {
             LinKind::Cpu(Arc::new(Dense::from_tensors(&weight, bias.as_ref(), storage)?))
         } else {
             let compute = compute_dtype(storage, &device);
@@ -90,10 +176,7 @@ impl Module for Lin {
             }
             LinKind::Stored { weight, bias, compute } => {
                 let x2 = x.to_dtype(*compute)?.reshape((rows, in_dim))?;
-                let y = match bf16_small_matmul(&x2, weight)? {
-                    Some(y) => y,
-                    None => x2.matmul(&widen(weight, *compute)?.t()?)?,
-                };
+                let y = x2.matmul(&weight.to_dtype(*compute)?.t()?)?;
                 let y = match bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
@@ -116,117 +199,40 @@ fn with_f32_slice<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     Ok(f(&data[layout.start_offset()..layout.start_offset() + x.elem_count()]))
 }
 
-/// `w.to_dtype(dtype)`, with bf16 → f32 on the CPU split over threads (candle's
-/// conversion is single-threaded, and a prefill widens every weight of the model).
-fn widen(w: &Tensor, dtype: DType) -> Result<Tensor> {
-    if w.dtype() != DType::BF16 || dtype != DType::F32 || !w.device().is_cpu() || !w.is_contiguous() {
-        return w.to_dtype(dtype);
-    }
-    let (storage, layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(data)) = &*storage else {
-        return w.to_dtype(dtype);
-    };
-    let len = w.elem_count();
-    let src = &data[layout.start_offset()..layout.start_offset() + len];
-    let mut out = vec![0f32; len];
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(len.div_ceil(1 << 16)).max(1);
-    let per = len.div_ceil(threads);
-    std::thread::scope(|scope| {
-        for (dst, src) in out.chunks_mut(per).zip(src.chunks(per)) {
-            scope.spawn(move || {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d = f32::from_bits((s.to_bits() as u32) << 16);
-                }
-            });
-        }
-    });
-    drop(storage);
-    Tensor::from_vec(out, w.shape(), w.device())
-}
-
-/// Rows of activations up to which [`bf16_small_matmul`] beats widening the whole weight.
-const SMALL_ROWS: usize = 16;
-
-/// `x (m, k) f32 · wᵀ` for a contiguous bf16 CPU weight `w (n, k)` and few rows `m` (a
-/// decoding step): reads each weight row once, widening it on the fly, split over threads.
-/// `None` when the fast path does not apply.
-fn bf16_small_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    let (m, k) = x.dims2()?;
-    if m > SMALL_ROWS || w.dtype() != DType::BF16 || x.dtype() != DType::F32 || !w.device().is_cpu() || !w.is_contiguous() {
-        return Ok(None);
-    }
-    let n = w.dim(0)?;
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let (storage, layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(data)) = &*storage else {
-        return Ok(None);
-    };
-    let ws = &data[layout.start_offset()..layout.start_offset() + n * k];
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(n.div_ceil(64)).max(1);
-    let per = n.div_ceil(threads);
-    // Each thread fills out[j * m + i] for its weight rows j (transposed below).
-    let mut out_t = vec![0f32; n * m];
-    std::thread::scope(|scope| {
-        for (t, chunk) in out_t.chunks_mut(per * m).enumerate() {
-            let xs = &xs;
-            scope.spawn(move || {
-                for (jj, out_row) in chunk.chunks_mut(m).enumerate() {
-                    let j = t * per + jj;
-                    let wrow = &ws[j * k..(j + 1) * k];
-                    for (i, o) in out_row.iter_mut().enumerate() {
-                        *o = dot_bf16(&xs[i * k..(i + 1) * k], wrow);
-                    }
-                }
-            });
-        }
-    });
-    drop(storage);
-    let y = Tensor::from_vec(out_t, (n, m), x.device())?.t()?.contiguous()?;
-    Ok(Some(y))
-}
-
-/// `Σ x[i] · w[i]` with `w` widened from bf16, in 16 independent lanes (vectorisable).
-#[inline]
-fn dot_bf16(x: &[f32], w: &[half::bf16]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let full = x.len() / L * L;
-    for (xc, wc) in x[..full].chunks_exact(L).zip(w[..full].chunks_exact(L)) {
-        for l in 0..L {
-            acc[l] += xc[l] * f32::from_bits((wc[l].to_bits() as u32) << 16);
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (a, b) in x[full..].iter().zip(&w[full..]) {
-        sum += a * b.to_f32();
-    }
-    sum
-}
-
 /// `nn.LayerNorm` with its parameters in the compute dtype.
-pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
-    let compute = compute_of(&vb);
+pub fn layer_norm(dim: usize, eps: f64, vb: Loader) -> Result<LayerNorm> {
+    let compute = vb.compute_dtype();
     let weight = vb.get(dim, "weight")?.to_dtype(compute)?;
     let bias = vb.get(dim, "bias")?.to_dtype(compute)?;
     Ok(LayerNorm::new(weight, bias, eps))
 }
 
+/// `nn.Linear` (`weight`, `bias`) for the fused CPU kernels, computing in the loader's
+/// dtype's way (bf16 products for bf16 weights).
+pub(crate) fn dense(in_dim: usize, out_dim: usize, vb: Loader) -> Result<Dense> {
+    Dense::from_tensors(&vb.get((out_dim, in_dim), "weight")?, Some(&vb.get(out_dim, "bias")?), vb.dtype())
+}
+
+/// `nn.LayerNorm` for the fused CPU kernels.
+pub(crate) fn layer_norm_f32(dim: usize, eps: f64, vb: Loader) -> Result<LayerNormF32> {
+    Ok(LayerNormF32::new(vb.get_f32(dim, "weight")?, vb.get_f32(dim, "bias")?, eps))
+}
+
 /// A tensor needed whole in the compute dtype (position tables, class token, small biases).
-pub fn get_compute<S: Into<candle_core::Shape>>(vb: &VarBuilder, shape: S, name: &str) -> Result<Tensor> {
-    vb.get(shape, name)?.to_dtype(compute_of(vb))
+pub fn get_compute<S: Into<candle_core::Shape>>(vb: &Loader, shape: S, name: &str) -> Result<Tensor> {
+    vb.get(shape, name)?.to_dtype(vb.compute_dtype())
 }
 
 /// `nn.Embedding` whose table stays in storage dtype; looked-up rows come out in compute dtype.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Emb {
     table: Tensor,
     compute: DType,
 }
 
 impl Emb {
-    pub fn load(count: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
-        let compute = compute_of(&vb);
-        Ok(Self { table: vb.get((count, dim), "weight")?, compute })
+    pub fn load(count: usize, dim: usize, vb: Loader) -> Result<Self> {
+        Ok(Self { table: vb.get((count, dim), "weight")?, compute: vb.compute_dtype() })
     }
 
     pub fn table(&self) -> &Tensor {

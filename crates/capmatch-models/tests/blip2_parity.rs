@@ -11,6 +11,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use capmatch_models::blip2::{Blip2Config, Blip2ForConditionalGeneration, Blip2LanguageModel};
 use capmatch_models::generation::GenerationConfig;
+use capmatch_models::{Kernels, Loader};
 use serde::Deserialize;
 
 fn fixture(arch: &str) -> PathBuf {
@@ -33,6 +34,11 @@ fn weight_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn load(arch: &str, dtype: DType) -> Blip2ForConditionalGeneration {
+    load_on(arch, dtype, Kernels::Fused)
+}
+
+/// The model on the fused CPU kernels, or on candle ops (the code a GPU runs).
+fn load_on(arch: &str, dtype: DType, kernels: Kernels) -> Blip2ForConditionalGeneration {
     let dir = fixture(arch);
     let config = Blip2Config::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let files = weight_files(&dir);
@@ -40,7 +46,7 @@ fn load(arch: &str, dtype: DType) -> Blip2ForConditionalGeneration {
         assert!(files.len() > 1, "the OPT fixture exercises a sharded checkpoint");
     }
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &Device::Cpu) }.unwrap();
-    Blip2ForConditionalGeneration::load(vb, &config).unwrap()
+    Blip2ForConditionalGeneration::load(Loader::new(vb, kernels), &config).unwrap()
 }
 
 fn reference(arch: &str) -> HashMap<String, Tensor> {
@@ -94,8 +100,8 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
     assert!(hi - lo > 0.5, "{what}: reference spread {lo}..{hi} too small to be meaningful");
 }
 
-fn check_towers(arch: &str) {
-    let model = load(arch, DType::F32);
+fn check_towers(arch: &str, kernels: Kernels) {
+    let model = load_on(arch, DType::F32, kernels);
     let r = reference(arch);
     let pixels = &r["pixel_values"];
     let vision = model.vision_forward(pixels).unwrap();
@@ -108,12 +114,19 @@ fn check_towers(arch: &str) {
 
 #[test]
 fn opt_vision_qformer_projection_match_transformers() {
-    check_towers("opt");
+    check_towers("opt", Kernels::Fused);
 }
 
 #[test]
 fn t5_vision_qformer_projection_match_transformers() {
-    check_towers("t5");
+    check_towers("t5", Kernels::Fused);
+}
+
+/// The candle path (what a GPU runs) on the CPU, to the same bounds.
+#[test]
+fn vision_qformer_projection_match_transformers_on_candle_ops() {
+    check_towers("opt", Kernels::Candle);
+    check_towers("t5", Kernels::Candle);
 }
 
 #[test]

@@ -67,11 +67,22 @@ pub struct TopK {
     /// Key of the k-th candidate after the last prune: anything ranked after it (after its
     /// score, with ties) can never enter the result.
     cut: Option<u64>,
+    /// The score of `cut` (see [`TopK::floor`]).
+    floor: f32,
 }
 
 impl TopK {
     pub fn new(k: usize, with_ties: bool) -> Self {
-        Self { k, with_ties, candidates: Vec::new(), cut: None }
+        Self { k, with_ties, candidates: Vec::new(), cut: None, floor: f32::NEG_INFINITY }
+    }
+
+    /// A score below which nothing can enter any more (−∞ until `k` results were kept).
+    /// A scan over many scores tests `!(score < floor)` first, so that the common case — a
+    /// score too low to matter — costs one comparison instead of a key and a push (NaN
+    /// passes the test and is ranked by [`TopK::push`]).
+    #[inline]
+    pub fn floor(&self) -> f32 {
+        self.floor
     }
 
     #[inline]
@@ -113,6 +124,8 @@ impl TopK {
             self.candidates.truncate(k);
         }
         self.cut = Some(cut);
+        let score = self.candidates[k - 1].1;
+        self.floor = if score.is_nan() { f32::NEG_INFINITY } else { score };
     }
 
     pub fn merge(&mut self, other: TopK) {
@@ -201,6 +214,31 @@ mod tests {
             a.merge(b);
             let streamed: Vec<u32> = a.finish().iter().map(|r| r.position).collect();
             assert_eq!(streamed, want, "streamed, case {case}");
+        }
+    }
+
+    #[test]
+    fn nothing_below_the_floor_can_enter() {
+        let mut rng = Lcg(11);
+        for case in 0..40 {
+            // Long enough that the candidates are pruned (and the floor raised) mid-stream.
+            let mut scores = Vec::new();
+            while scores.len() < 3000 {
+                scores.extend(random_scores(&mut rng, case));
+            }
+            let k = 1 + rng.next(20) as usize;
+            for with_ties in [false, true] {
+                let mut top = TopK::new(k, with_ties);
+                let mut skipped = TopK::new(k, with_ties);
+                for (i, &s) in scores.iter().enumerate() {
+                    top.push(s, i as u32);
+                    if !(s < skipped.floor()) {
+                        skipped.push(s, i as u32);
+                    }
+                }
+                assert!(skipped.floor() > f32::NEG_INFINITY || scores.iter().filter(|s| **s > f32::NEG_INFINITY).count() < k);
+                assert_eq!(skipped.finish(), top.finish(), "case {case}, ties {with_ties}");
+            }
         }
     }
 

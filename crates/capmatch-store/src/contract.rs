@@ -11,8 +11,9 @@ use std::collections::HashSet;
 
 use capmatch_retrieval::{dot, normalize, same_rank_score, Target};
 
+use crate::catalog::ImageEntry;
 use crate::id::ImageId;
-use crate::vector_index::{VectorHit, VectorIndex, VectorQuery, VectorRecord};
+use crate::vector_index::{Among, NeighbourQuery, NoProgress, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 
 /// How the suite drives a backend.
 pub trait Harness {
@@ -32,6 +33,11 @@ pub trait Harness {
     fn min_recall(&self) -> f64 {
         1.0
     }
+    /// Whether the backend keeps catalog entries with the vectors (a store shared by
+    /// writers with separate catalogs; see `VectorIndex::upsert_with_entries`).
+    fn keeps_entries(&self) -> bool {
+        false
+    }
 }
 
 /// Every check, in order.
@@ -44,7 +50,10 @@ pub fn run_all<H: Harness>(h: &mut H) {
     ties_at_the_cut_are_all_returned(h);
     nan_ranks_last(h);
     domain_filter(h);
+    neighbour_graph_matches_brute_force(h);
+    pair_scores_explain_a_search(h);
     upsert_replaces(h);
+    entries_travel_with_the_vectors(h);
     removal(h);
     reopen_and_crash_keep_the_last_commit(h);
     dimension_mismatch_is_refused(h);
@@ -209,7 +218,16 @@ pub fn every_target_matches_brute_force<H: Harness>(h: &mut H) {
             queries.push(VectorQuery { vectors: q, target: *target, k, domain: None });
         }
     }
+    // A batch a backend may score together: the same target and k, one and several vectors
+    // per query, with and without a domain, mixed with the different targets above.
+    let multi: Vec<Vec<f32>> = (0..4).map(|i| qs[i].iter().chain(&qs[i + 1]).copied().collect()).collect();
+    for (i, q) in qs.iter().enumerate() {
+        queries.push(VectorQuery { vectors: q, target: Target::Captions, k: 10, domain: None });
+        queries.push(VectorQuery { vectors: &multi[i % multi.len()], target: Target::Captions, k: 10, domain: None });
+        queries.push(VectorQuery { vectors: q, target: Target::Captions, k: 10, domain: Some(&records[i].domain) });
+    }
     let many = index.search_many(&queries).unwrap();
+    assert_eq!(many.len(), queries.len());
     for (q, hits) in queries.iter().zip(many) {
         assert_eq!(hits, index.search(q).unwrap(), "search_many agrees with search");
     }
@@ -291,6 +309,103 @@ pub fn domain_filter<H: Harness>(h: &mut H) {
     assert!(search(&index, &q, Target::Captions, 20, Some("nowhere")).is_empty(), "an unknown domain has no images");
 }
 
+pub fn neighbour_graph_matches_brute_force<H: Harness>(h: &mut H) {
+    let mut index = h.create();
+    let dim = 19;
+    let mut records = random_records(240, dim, 91);
+    // Exact copies (their own image ties with them at 1.0: it must still never be listed),
+    // and a removed image that must never come back.
+    for i in 0..4 {
+        let mut copy = records[i * 7].clone();
+        copy.id = ImageId(900_000 + i as u64);
+        records.push(copy);
+    }
+    index.upsert(&records).unwrap();
+    let gone = records.remove(50);
+    index.remove(&[gone.id]).unwrap();
+    let subset: Vec<ImageId> = records.iter().step_by(9).map(|r| r.id).chain([gone.id, ImageId(4242)]).collect();
+    let among_ids: Vec<ImageId> = records.iter().skip(3).step_by(5).map(|r| r.id).chain([gone.id]).collect();
+    for target in [Target::Image, Target::Captions, Target::Fused { caption_weight: 0.7 }] {
+        for (among, k) in [(Among::All, 5), (Among::All, 1), (Among::Domain("sketch"), 4), (Among::Ids(&among_ids), 3), (Among::All, 300)] {
+            for of in [None, Some(&subset[..])] {
+                let what = format!("neighbours {target:?} {among:?} k={k} of={}", if of.is_some() { "subset" } else { "all" });
+                let graph = index.neighbours(&NeighbourQuery { target, k, of, among }, &NoProgress).unwrap();
+                let want_ids: Vec<ImageId> = match of {
+                    Some(ids) => ids.iter().filter(|id| records.iter().any(|r| r.id == **id)).copied().collect(),
+                    None => records.iter().map(|r| r.id).collect(),
+                };
+                let mut got_ids: Vec<ImageId> = graph.iter().map(|n| n.id).collect();
+                if of.is_none() {
+                    got_ids.sort();
+                    let mut w = want_ids.clone();
+                    w.sort();
+                    assert_eq!(got_ids, w, "{what}: one row per image");
+                } else {
+                    assert_eq!(got_ids, want_ids, "{what}: rows in the order asked, unknown ids left out");
+                }
+                for row in &graph {
+                    let me = records.iter().find(|r| r.id == row.id).unwrap();
+                    assert!(row.hits.iter().all(|hit| hit.id != row.id), "{what}: an image is never its own neighbour");
+                    let candidates: Vec<VectorRecord> = records
+                        .iter()
+                        .filter(|r| r.id != row.id)
+                        .filter(|r| match among {
+                            Among::All => true,
+                            Among::Domain(d) => r.domain == d,
+                            Among::Ids(ids) => ids.contains(&r.id),
+                        })
+                        .cloned()
+                        .collect();
+                    let want = brute_force(&candidates, &me.image, target, None);
+                    check_ranking(h, &row.hits, &want, k, &what);
+                    for hit in &row.hits {
+                        let c = &hit.components;
+                        assert!(same_rank_score(hit.score, target.combine(c.caption, c.image)), "{what}: components explain the score");
+                    }
+                }
+            }
+        }
+    }
+    // The copies find each other at the top.
+    let graph = index.neighbours(&NeighbourQuery { target: Target::Image, k: 1, of: Some(&[ImageId(900_000)]), among: Among::All }, &NoProgress).unwrap();
+    assert_eq!(graph[0].hits[0].id, records[0].id);
+    // A broken vector ranks last, and still comes back when k covers the gallery.
+    let mut broken = records[1].clone();
+    broken.id = ImageId(900_100);
+    broken.image[2] = f32::NAN;
+    broken.captions.fill(f32::NAN);
+    index.upsert(std::slice::from_ref(&broken)).unwrap();
+    for target in [Target::Image, Target::Captions] {
+        let of = [records[2].id];
+        let graph = index.neighbours(&NeighbourQuery { target, k: records.len() + 1, of: Some(&of), among: Among::All }, &NoProgress).unwrap();
+        let hits = &graph[0].hits;
+        if !h.approximate() {
+            assert_eq!(hits.len(), records.len(), "{target:?}: every other image, the broken one included");
+        }
+        if let Some(pos) = hits.iter().position(|hit| hit.id == broken.id) {
+            assert_eq!(pos, hits.len() - 1, "{target:?}: NaN ranks last");
+        }
+    }
+}
+
+pub fn pair_scores_explain_a_search<H: Harness>(h: &mut H) {
+    let mut index = h.create();
+    let dim = 12;
+    let records = random_records(30, dim, 101);
+    index.upsert(&records).unwrap();
+    let pairs: Vec<(ImageId, ImageId)> =
+        (0..30).map(|i| (records[i].id, records[(i * 7 + 3) % 30].id)).chain([(records[0].id, ImageId(31337))]).collect();
+    let scores = index.score_pairs(&pairs).unwrap();
+    assert_eq!(scores.len(), pairs.len());
+    assert_eq!(scores[30], None, "an unknown id has no score");
+    for ((a, b), got) in pairs.iter().zip(&scores).take(30) {
+        let query = &records.iter().find(|r| r.id == *a).unwrap().image;
+        let hits = search(&index, query, Target::Fused { caption_weight: 0.5 }, 30, None);
+        let hit = hits.iter().find(|hit| hit.id == *b).unwrap();
+        assert_eq!(got.as_ref(), Some(&hit.components), "pair ({a}, {b}) scores as a search from {a} sees {b}");
+    }
+}
+
 pub fn upsert_replaces<H: Harness>(h: &mut H) {
     let mut index = h.create();
     let dim = 8;
@@ -308,6 +423,44 @@ pub fn upsert_replaces<H: Harness>(h: &mut H) {
     check_ranking(h, &hits, &brute_force(&records, &records[7].captions[..dim], Target::Captions, None), 30, "after replace");
     let painted = search(&index, &records[7].image, Target::Image, 5, Some("painting"));
     assert_eq!(painted.iter().map(|hit| hit.id).collect::<Vec<_>>(), [records[7].id], "the new domain applies");
+}
+
+/// Entries given with the vectors come back as given (with the record's domain) from a
+/// backend that keeps them, never wrong from one that does not; the vectors are stored
+/// either way, and a removed image's entry goes with it.
+pub fn entries_travel_with_the_vectors<H: Harness>(h: &mut H) {
+    let mut index = h.create();
+    let dim = 8;
+    let records = random_records(5, dim, 57);
+    let entry = |r: &VectorRecord, i: usize| ImageEntry {
+        id: r.id,
+        path: format!("/gallery/{}/image \"{i}\".png", r.domain),
+        domain: r.domain.clone(),
+        hash: format!("{i:064x}"),
+        size: 1000 + i as u64,
+        width: 640,
+        height: 480,
+        captions: vec![format!("caption {i}"), "a second, with ünïcode".into()],
+    };
+    // Entries for all but the last record.
+    let entries: Vec<ImageEntry> = records.iter().take(4).enumerate().map(|(i, r)| entry(r, i)).collect();
+    index.upsert_with_entries(&records, &entries).unwrap();
+    assert_eq!(index.len(), 5);
+    assert_eq!(index.get(records[4].id).unwrap().as_ref(), Some(&records[4]));
+    let unknown = ImageId::for_path("/contract/never-added");
+    let mut ids: Vec<ImageId> = records.iter().map(|r| r.id).collect();
+    ids.push(unknown);
+    let stored = index.stored_entries(&ids).unwrap();
+    assert_eq!(stored.len(), ids.len(), "one answer per id, in order");
+    for (i, got) in stored.iter().enumerate() {
+        match (i, got) {
+            (0..=3, Some(e)) => assert_eq!(e, &entries[i]),
+            (0..=3, None) => assert!(!h.keeps_entries(), "entry {i} was not kept"),
+            (_, got) => assert_eq!(got, &None, "no entry was given for id {}", ids[i]),
+        }
+    }
+    index.remove(&[records[0].id]).unwrap();
+    assert_eq!(index.stored_entries(&[records[0].id]).unwrap(), vec![None], "removed with its image");
 }
 
 pub fn removal<H: Harness>(h: &mut H) {

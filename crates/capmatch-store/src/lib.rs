@@ -10,13 +10,18 @@
 //!   caption" is part of its contract. [`ExactIndex`] keeps them in memory-mapped files
 //!   beside the catalog and searches them exhaustively; other backends (an approximate
 //!   index, a Milvus collection) implement the same trait and pass the same
-//!   [`contract`] suite.
+//!   [`contract`] suite. [`AnnIndex`] wraps the exact index with HNSW graphs (usearch) for
+//!   approximate search past a million images, re-scoring its candidates exactly.
 //!
 //! The catalog is the source of truth: the engine writes vectors first and commits the
 //! catalog after, and reconciles the two when it opens them after a crash (see
 //! `capmatch-engine`).
 
+#![deny(unsafe_code)] // only memory maps opt out, each with its SAFETY note
+
+pub mod ann;
 pub mod catalog;
+mod durable;
 pub mod error;
 pub mod exact;
 pub mod id;
@@ -26,10 +31,14 @@ pub mod vector_index;
 #[cfg(feature = "contract")]
 pub mod contract;
 
+pub use ann::{AnnIndex, AnnOptions, AnnState, AnnStatus};
 pub use catalog::sqlite::SqliteCatalog;
 pub use catalog::{Catalog, CatalogBatch, CatalogSummary, ContentRecord, DomainCount, FileRecord, ImageEntry, SkipRecord, SkippedFile, TrackedFile};
 pub use error::{Result, StoreError};
 pub use exact::ExactIndex;
 pub use id::ImageId;
 pub use identity::ModelIdentity;
-pub use vector_index::{IndexStats, ShardCount, VectorHit, VectorIndex, VectorQuery, VectorRecord};
+pub use vector_index::{
+    keep_top_k_with_ties, Among, GraphProgress, IndexStats, NeighbourQuery, Neighbours, NoProgress, ShardCount, VectorHit, VectorIndex, VectorQuery,
+    VectorRecord,
+};

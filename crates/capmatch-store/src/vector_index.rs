@@ -13,10 +13,17 @@
 //!   score (`VectorHit`s beyond `k`), so that the caller can order a tie by its own gallery
 //!   order; an approximate backend returns its best effort, with exact scores.
 //! - Each hit carries both components of its score and which caption matched.
+//! - [`VectorIndex::neighbours`] is the neighbour graph: for each asked image, with its own
+//!   image vector as the query, the `k` best *other* images among the candidates, exactly as
+//!   a search would rank them (an exact backend again with the whole tie at the cut).
+//! - [`VectorIndex::score_pairs`] explains one image's score for another's image vector.
 
-use capmatch_retrieval::{ComponentScores, Target};
+use std::collections::HashSet;
+
+use capmatch_retrieval::{components, same_rank_score, ComponentScores, GalleryVectors, QueryVectors, Target};
 use serde::Serialize;
 
+use crate::catalog::ImageEntry;
 use crate::error::Result;
 use crate::id::ImageId;
 
@@ -55,6 +62,52 @@ pub struct VectorHit {
     pub id: ImageId,
     pub score: f32,
     pub components: ComponentScores,
+}
+
+/// Which images a neighbour graph is computed among.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Among<'a> {
+    /// Every image.
+    All,
+    /// The images of one domain.
+    Domain(&'a str),
+    /// These images (unknown ids are ignored).
+    Ids(&'a [ImageId]),
+}
+
+/// A neighbour graph: every asked image's image vector searched against the candidates.
+#[derive(Debug, Clone, Copy)]
+pub struct NeighbourQuery<'a> {
+    /// What of the candidates the query images are scored against: `Target::Image` is
+    /// image space, `Target::Captions` is the paper's score (an image against the others'
+    /// captions).
+    pub target: Target,
+    /// Neighbours per image (besides the ties at the cut an exact backend adds).
+    pub k: usize,
+    /// Whose neighbours: these images (unknown ids are left out of the answer); `None`:
+    /// every image.
+    pub of: Option<&'a [ImageId]>,
+    pub among: Among<'a>,
+}
+
+/// One image's neighbours, best first; never the image itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbours {
+    pub id: ImageId,
+    pub hits: Vec<VectorHit>,
+}
+
+/// Told how many of a neighbour graph's images are done (called from any thread, in
+/// increasing order of `done`, not necessarily for each image).
+pub trait GraphProgress: Sync {
+    fn progressed(&self, done: usize, total: usize);
+}
+
+/// A [`GraphProgress`] that ignores progress.
+pub struct NoProgress;
+
+impl GraphProgress for NoProgress {
+    fn progressed(&self, _done: usize, _total: usize) {}
 }
 
 /// What `capmatch info` shows of the vector index.
@@ -107,6 +160,42 @@ pub trait VectorIndex: Send + Sync {
     fn search_many(&self, queries: &[VectorQuery<'_>]) -> Result<Vec<Vec<VectorHit>>> {
         queries.iter().map(|q| self.search(q)).collect()
     }
+    /// The neighbour graph (see the module documentation), one entry per asked image that
+    /// the index holds, in the order asked (index order for `of: None`).
+    ///
+    /// The default runs one search per image (or scores the listed candidates exactly for
+    /// [`Among::Ids`]); a backend overrides it with something faster that gives the same
+    /// answer.
+    fn neighbours(&self, query: &NeighbourQuery<'_>, progress: &dyn GraphProgress) -> Result<Vec<Neighbours>> {
+        neighbours_by_search(self, query, progress)
+    }
+    /// Both components of `b`'s score with `a`'s image vector as the query (the two scores
+    /// of the pair as a search from `a` sees them), `None` where an id is unknown.
+    fn score_pairs(&self, pairs: &[(ImageId, ImageId)]) -> Result<Vec<Option<ComponentScores>>> {
+        pairs
+            .iter()
+            .map(|&(a, b)| {
+                let (Some(a), Some(b)) = (self.get(a)?, self.get(b)?) else { return Ok(None) };
+                let offsets = [0, b.caption_count() as u32];
+                let gallery = GalleryVectors::new(b.image.len(), &b.image, &b.captions, &offsets)
+                    .map_err(crate::error::StoreError::InvalidInput)?;
+                Ok(Some(components(&gallery, &QueryVectors::one(a.image.len(), &a.image), 0)))
+            })
+            .collect()
+    }
+    /// Upserts `records` with what the catalog knows of their files (`entries`, matched by
+    /// id), for a store that keeps it: one that writers with separate catalogs share, where
+    /// a searcher's catalog lacks the other writers' files (see
+    /// [`VectorIndex::stored_entries`]). The default keeps the vectors only.
+    fn upsert_with_entries(&mut self, records: &[VectorRecord], entries: &[ImageEntry]) -> Result<()> {
+        let _ = entries;
+        self.upsert(records)
+    }
+    /// The entries stored by [`VectorIndex::upsert_with_entries`], in the order asked;
+    /// `None` for an id without one, and for every id of a store that keeps none.
+    fn stored_entries(&self, ids: &[ImageId]) -> Result<Vec<Option<ImageEntry>>> {
+        Ok(vec![None; ids.len()])
+    }
     /// Every image's id and domain.
     fn ids(&self) -> Result<Vec<(ImageId, String)>>;
     /// A number that changes with every committed change (for reconciling with the
@@ -122,4 +211,74 @@ pub trait VectorIndex: Send + Sync {
         Ok(false)
     }
     fn stats(&self) -> IndexStats;
+}
+
+/// Keeps the `k` best of `hits` (in rank order) and every hit tied with the `k`-th.
+pub fn keep_top_k_with_ties(hits: &mut Vec<VectorHit>, k: usize) {
+    if hits.len() > k {
+        if k == 0 {
+            hits.clear();
+            return;
+        }
+        let cut = hits[k - 1].score;
+        let end = k + hits[k..].iter().take_while(|h| same_rank_score(h.score, cut)).count();
+        hits.truncate(end);
+    }
+}
+
+/// [`VectorIndex::neighbours`] by the definition: a search of `k + 1` per image (its own
+/// image is usually its best match), the image removed; for [`Among::Ids`], the listed
+/// images scored exactly.
+fn neighbours_by_search<I: VectorIndex + ?Sized>(
+    index: &I,
+    query: &NeighbourQuery<'_>,
+    progress: &dyn GraphProgress,
+) -> Result<Vec<Neighbours>> {
+    let of: Vec<ImageId> = match query.of {
+        Some(ids) => ids.to_vec(),
+        None => index.ids()?.into_iter().map(|(id, _)| id).collect(),
+    };
+    let candidates: Option<Vec<VectorRecord>> = match query.among {
+        Among::Ids(ids) => {
+            let unique: HashSet<ImageId> = ids.iter().copied().collect();
+            let mut records = Vec::with_capacity(unique.len());
+            for id in unique {
+                records.extend(index.get(id)?);
+            }
+            Some(records)
+        }
+        _ => None,
+    };
+    let domain = match query.among {
+        Among::Domain(d) => Some(d),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(of.len());
+    for (done, &id) in of.iter().enumerate() {
+        let Some(record) = index.get(id)? else { continue };
+        let mut hits = match &candidates {
+            Some(records) => exact_hits(records, &record.image, query.target),
+            None => index.search(&VectorQuery { vectors: &record.image, target: query.target, k: query.k + 1, domain })?,
+        };
+        hits.retain(|h| h.id != id);
+        keep_top_k_with_ties(&mut hits, query.k);
+        out.push(Neighbours { id, hits });
+        progress.progressed(done + 1, of.len());
+    }
+    Ok(out)
+}
+
+/// Every record scored for `query` under `target`, in rank order (equal scores by id).
+fn exact_hits(records: &[VectorRecord], query: &[f32], target: Target) -> Vec<VectorHit> {
+    let mut hits: Vec<VectorHit> = records
+        .iter()
+        .map(|r| {
+            let offsets = [0, r.caption_count() as u32];
+            let gallery = GalleryVectors::new(r.image.len(), &r.image, &r.captions, &offsets).expect("a stored record is well formed");
+            let c = components(&gallery, &QueryVectors::one(query.len(), query), 0);
+            VectorHit { id: r.id, score: target.combine(c.caption, c.image), components: c }
+        })
+        .collect();
+    hits.sort_by_key(|h| (capmatch_retrieval::rank_key(h.score, 0), h.id));
+    hits
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use capmatch_store::contract::{self, random_records, Harness};
 use capmatch_store::exact::Access;
-use capmatch_store::{ExactIndex, VectorIndex, VectorQuery};
+use capmatch_store::{ExactIndex, ImageId, IndexStats, Result, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 
 struct Exact {
     root: tempfile::TempDir,
@@ -129,4 +129,68 @@ fn a_reader_of_a_missing_index_sees_it_empty() {
     let index = ExactIndex::open(&root.path().join("none"), Access::ReadOnly, None).unwrap();
     assert_eq!(index.len(), 0);
     assert!(!root.path().join("none").exists(), "reading creates nothing");
+}
+
+/// The exact index with the trait's default `neighbours` and `score_pairs` (a search per
+/// image), which a backend without its own graph gets: it must pass the same contract.
+struct ByDefinition(ExactIndex);
+
+impl VectorIndex for ByDefinition {
+    fn dim(&self) -> Option<usize> {
+        self.0.dim()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn upsert(&mut self, records: &[VectorRecord]) -> Result<()> {
+        self.0.upsert(records)
+    }
+    fn remove(&mut self, ids: &[ImageId]) -> Result<usize> {
+        self.0.remove(ids)
+    }
+    fn get(&self, id: ImageId) -> Result<Option<VectorRecord>> {
+        self.0.get(id)
+    }
+    fn search(&self, query: &VectorQuery<'_>) -> Result<Vec<VectorHit>> {
+        self.0.search(query)
+    }
+    fn ids(&self) -> Result<Vec<(ImageId, String)>> {
+        self.0.ids()
+    }
+    fn generation(&self) -> u64 {
+        self.0.generation()
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.0.flush()
+    }
+    fn refresh(&mut self) -> Result<()> {
+        self.0.refresh()
+    }
+    fn stats(&self) -> IndexStats {
+        self.0.stats()
+    }
+}
+
+/// Drives [`ByDefinition`] through the exact index's harness.
+struct DefaultGraph(Exact);
+
+impl Harness for DefaultGraph {
+    type Index = ByDefinition;
+
+    fn create(&mut self) -> ByDefinition {
+        ByDefinition(self.0.create())
+    }
+
+    fn reopen(&mut self, index: ByDefinition) -> ByDefinition {
+        ByDefinition(self.0.reopen(index.0))
+    }
+
+    fn crash(&mut self, index: ByDefinition) -> ByDefinition {
+        ByDefinition(self.0.crash(index.0))
+    }
+}
+
+#[test]
+fn the_default_neighbour_graph_passes_the_contract() {
+    contract::run_all(&mut DefaultGraph(Exact::new()));
 }

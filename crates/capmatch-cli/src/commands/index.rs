@@ -27,6 +27,7 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         limits: DecodeLimits { max_pixels: args.max_pixels, ..Default::default() },
         prune: args.prune,
         decode_threads: 0,
+        cancel: None,
     };
     let progress = Progress::new();
     let report = engine.index_folders(&options, &progress)?;
@@ -46,12 +47,20 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     if report.skipped > 0 {
         println!("skipped files and their reasons: capmatch info --db {}", args.db.display());
     }
+    if args.ann {
+        let started = Instant::now();
+        let (status, built) = engine.ensure_ann(args.graph.params())?;
+        if built {
+            println!("built the approximate index in {:.1?}", started.elapsed());
+        }
+        crate::commands::info::print_ann(&status);
+    }
     Ok(())
 }
 
 /// A progress bar on a terminal; plain log lines (at most one every few seconds, plus one
 /// per committed batch at debug level) when stderr is a pipe or a file.
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     total: Cell<usize>,
     started: Cell<Option<Instant>>,
@@ -59,7 +68,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::hidden();
             bar.set_style(
@@ -71,7 +80,7 @@ impl Progress {
         Self { bar, total: Cell::new(0), started: Cell::new(None), last_line: RefCell::new(None) }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

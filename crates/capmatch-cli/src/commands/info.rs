@@ -1,5 +1,8 @@
 //! `capmatch info`: what an index holds.
 
+use std::time::{Duration, UNIX_EPOCH};
+
+use capmatch_engine::ann::{AnnState, AnnStatus};
 use capmatch_engine::{Engine, QueryModels};
 
 use crate::InfoArgs;
@@ -29,6 +32,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             info.vectors.images, info.vectors.captions, info.vectors.backend, info.vectors.location
         );
     }
+    print_ann(&info.ann);
     if !info.vectors.shards.is_empty() {
         println!("in the store, by shard and domain:");
         for c in &info.vectors.shards {
@@ -67,6 +71,64 @@ fn check(engine: &Engine, args: &InfoArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} problem(s) found in {}", report.problems.len(), args.db.display());
     }
     Ok(())
+}
+
+/// The approximate index's lines of `capmatch info` (nothing when there is none).
+pub fn print_ann(ann: &AnnStatus) {
+    let state = match ann.state {
+        AnnState::Absent => return,
+        AnnState::Fresh => "in use",
+        AnnState::Behind => "NOT IN USE (behind)",
+        AnnState::Stale => "NOT IN USE (stale)",
+        AnnState::Refused => "NOT IN USE (refused)",
+    };
+    println!("ann:      {state}, {} at {}", human_bytes(ann.disk_bytes), ann.location);
+    if let Some(problem) = &ann.problem {
+        println!("          {problem}");
+    }
+    if let (Some(params), Some(breadth)) = (ann.params, ann.breadth) {
+        println!(
+            "          {} HNSW (M = {}, efConstruction = {}, {} vectors), {} image and {} caption vectors, breadth {breadth}, {}× candidates re-ranked exactly",
+            ann.library.as_deref().unwrap_or("?"),
+            params.connectivity,
+            params.expansion_add,
+            ann.quantization.as_deref().unwrap_or("?"),
+            ann.image_vectors,
+            ann.caption_vectors,
+            ann.oversample
+        );
+    }
+    if let Some(built) = ann.built_at {
+        let mut line = format!("          built {}", when(built));
+        if ann.unmerged > 0 {
+            line += &format!(", {} newer images scanned exactly until merged", ann.unmerged);
+        }
+        if ann.removed > 0 {
+            line += &format!(", {} removed images filtered out (a rebuild drops them)", ann.removed);
+        }
+        println!("{line}");
+    }
+    match &ann.tuning {
+        Some(t) => println!(
+            "          recall@{} {:.4} caption, {:.4} image (≥ {:.4} with 95% confidence, target {}) on {} of {} images at breadth {}, measured {}",
+            t.k,
+            t.caption_recall,
+            t.image_recall,
+            t.recall_floor,
+            t.target_recall,
+            t.sample,
+            t.images,
+            t.breadth,
+            when(t.measured_at)
+        ),
+        None if ann.state != AnnState::Refused => println!("          recall not measured yet: capmatch ann tune"),
+        None => {}
+    }
+}
+
+/// A time as an RFC 3339 UTC date.
+pub fn when(unix_secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
 }
 
 fn human_bytes(n: u64) -> String {

@@ -1,12 +1,16 @@
 //! One module per subcommand.
 
+pub mod ann;
 pub mod caption;
 pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod info;
+pub mod inspect;
+pub mod migrate;
 pub mod models;
 pub mod search;
+pub mod serve;
 
 /// Logs go to stderr; `RUST_LOG` overrides the default `warn` level for dependencies.
 pub fn init_logging() {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use capmatch_core::device::DeviceSpec;
 use capmatch_core::embedder::ClipEmbedder;
 use capmatch_core::hub::ModelKind;
 use capmatch_core::image_io::{decode_file, DecodeLimits};
@@ -13,22 +14,10 @@ use capmatch_engine::{Engine, ModelConfig, Models};
 
 use crate::{DeviceArg, Dtype, GalleryModelArgs};
 
-/// The device a `--device` flag names.
+/// The device a `--device` flag names, opened (an error says when this build lacks it).
 pub fn device(arg: &DeviceArg) -> anyhow::Result<Device> {
-    let spec = arg.device.trim().to_ascii_lowercase();
-    let device = match spec.as_str() {
-        "cpu" => Device::Cpu,
-        "metal" => Device::new_metal(0)?,
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().with_context(|| format!("--device {s}: the GPU number is not a number"))?,
-                None => 0,
-            };
-            Device::new_cuda(ordinal).with_context(|| format!("--device {s}"))?
-        }
-        other => anyhow::bail!("--device {other}: expected cpu, cuda, cuda:N or metal"),
-    };
-    Ok(device)
+    let spec: DeviceSpec = arg.device.parse()?;
+    Ok(spec.device()?)
 }
 
 /// The models of the gallery flags (`index`, `eval`).

@@ -59,6 +59,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let mut request = SearchRequest::new(query, mode, args.k);
     request.weight = args.weight;
     request.domain = args.domain.clone();
+    request.exact = args.exact;
     let response = engine.search(&request)?;
     if response.hits.is_empty() {
         if let Some(d) = &args.domain {

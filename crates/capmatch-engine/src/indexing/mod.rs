@@ -28,13 +28,15 @@ pub mod walk;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use capmatch_core::image_io::{decode_file, DecodeLimits};
 use capmatch_core::RgbImage;
 use capmatch_retrieval::normalized;
-use capmatch_store::{CatalogBatch, ContentRecord, FileRecord, ImageId, SkipRecord, TrackedFile, VectorRecord};
+use capmatch_store::{CatalogBatch, ContentRecord, FileRecord, ImageId, SkipRecord, TrackedFile, VectorIndex, VectorRecord};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -64,11 +66,19 @@ pub struct IndexOptions {
     pub prune: bool,
     /// Threads for hashing and decoding; 0: one per core.
     pub decode_threads: usize,
+    /// Set to stop the run at the next batch boundary: the batch in the models finishes and
+    /// commits, nothing after it starts (a server shutting down, a job cancelled). The
+    /// report then says `cancelled`; a later run over the same folders finishes the job.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl IndexOptions {
     pub fn new(roots: Vec<PathBuf>) -> Self {
-        Self { roots, domain: None, batch_size: 8, limits: DecodeLimits::default(), prune: false, decode_threads: 0 }
+        Self { roots, domain: None, batch_size: 8, limits: DecodeLimits::default(), prune: false, decode_threads: 0, cancel: None }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::SeqCst))
     }
 }
 
@@ -94,6 +104,9 @@ pub struct IndexReport {
     pub walk_problems: usize,
     /// Model batches run (each is one caption + text + image call, more on retry).
     pub model_batches: usize,
+    /// The run was stopped by [`IndexOptions::cancel`] before every file was done (files
+    /// not reached are in no count but `candidates`; `prune` did not run).
+    pub cancelled: bool,
 }
 
 impl IndexReport {
@@ -107,6 +120,7 @@ impl IndexReport {
         self.pruned += r.pruned;
         self.walk_problems += r.walk_problems;
         self.model_batches += r.model_batches;
+        self.cancelled |= r.cancelled;
     }
 }
 
@@ -189,7 +203,8 @@ pub(crate) fn index_folders(
     }
     let mut report = index_candidates(storage, models, &walk.candidates, options, observer)?;
     report.walk_problems = walk.problems.len();
-    if options.prune {
+    // A cancelled run has not seen every file: pruning now could forget good ones.
+    if options.prune && !report.cancelled {
         let seen: std::collections::HashSet<&str> = walk.candidates.iter().map(|c| c.path.as_str()).collect();
         let tracked = storage.catalog().tracked_files()?;
         let gone: Vec<String> = tracked
@@ -371,6 +386,11 @@ pub(crate) fn index_candidates(
             }
         });
         for batch in receiver.iter() {
+            // Between two commits: the only point where stopping loses nothing.
+            if options.cancelled() {
+                report.cancelled = true;
+                break;
+            }
             let batch_files: usize = batch.iter().map(|d| d.unit.files.len()).sum();
             let mut pending = Pending::default();
             let mut ready: Vec<(&WorkUnit, RgbImage)> = Vec::with_capacity(batch.len());

@@ -13,7 +13,7 @@ use capmatch_store::ImageId;
 use serde::Serialize;
 
 use super::walk::{mtime_ns, Candidate};
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, ErrorKind, Result};
 
 /// Image bytes to add to the gallery.
 #[derive(Debug, Clone)]
@@ -32,6 +32,10 @@ pub struct UploadOutcome {
     pub id: Option<ImageId>,
     /// Why it could not.
     pub error: Option<String>,
+    /// The class of `error` when the upload itself is at fault (not an image, too large,
+    /// damaged), for a front end's status code.
+    #[serde(skip)]
+    pub error_kind: Option<ErrorKind>,
 }
 
 /// The folder uploads of the gallery at `db` are kept in.
@@ -42,8 +46,8 @@ pub fn uploads_dir(db: &Path) -> PathBuf {
 }
 
 /// Checks each upload decodes (under `limits`) and writes the good ones to the uploads
-/// folder. Returns, per upload, the file to index or the reason it is refused.
-pub(crate) fn store_uploads(db: &Path, uploads: &[Upload], limits: &DecodeLimits) -> Result<Vec<Result<Candidate, String>>> {
+/// folder. Returns, per upload, the file to index or why it is refused.
+pub(crate) fn store_uploads(db: &Path, uploads: &[Upload], limits: &DecodeLimits) -> Result<Vec<Result<Candidate, EngineError>>> {
     let dir = uploads_dir(db);
     std::fs::create_dir_all(&dir).map_err(|e| capmatch_store::StoreError::io(&dir, e))?;
     let dir = dir.canonicalize().map_err(|e| capmatch_store::StoreError::io(&dir, e))?;
@@ -53,7 +57,7 @@ pub(crate) fn store_uploads(db: &Path, uploads: &[Upload], limits: &DecodeLimits
             return Err(EngineError::invalid("an upload needs a non-empty domain"));
         }
         if let Err(e) = decode_bytes(&upload.bytes, limits) {
-            out.push(Err(e.to_string()));
+            out.push(Err(EngineError::Image { name: None, source: e }));
             continue;
         }
         let hash = blake3::hash(&upload.bytes).to_hex().to_string();

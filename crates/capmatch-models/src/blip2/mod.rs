@@ -25,9 +25,7 @@ pub mod t5;
 pub mod vision;
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
-
-use crate::layers::{self, Lin};
+use crate::layers::{Lin, Loader};
 use serde::Deserialize;
 
 pub use opt::{OptConfig, OptForCausalLM};
@@ -164,12 +162,15 @@ pub struct Blip2ForConditionalGeneration {
 impl Blip2ForConditionalGeneration {
     /// Loads every weight from `vb` (the checkpoint root). The vision tower and language
     /// model take `vb`'s dtype; the Q-Former and the query tokens are loaded in `f32`.
-    pub fn load(vb: VarBuilder, config: &Blip2Config) -> Result<Self> {
+    /// `vb`: a `VarBuilder` (the fused CPU kernels on the CPU) or a [`Loader`] that says which
+    /// kernels to use.
+    pub fn load<'a>(vb: impl Into<Loader<'a>>, config: &Blip2Config) -> Result<Self> {
+        let vb = vb.into();
         let mut config = config.clone();
         config.qformer_config.encoder_hidden_size = config.vision_config.hidden_size;
-        let dtype = layers::compute_dtype(vb.dtype(), vb.device());
+        let dtype = vb.compute_dtype();
         let vision_model = Blip2VisionModel::load(vb.pp("vision_model"), &config.vision_config)?;
-        let vb32 = vb.clone().set_dtype(DType::F32);
+        let vb32 = vb.set_dtype(DType::F32);
         let query_tokens =
             vb32.get((1, config.num_query_tokens, config.qformer_config.hidden_size), "query_tokens")?;
         let qformer = Blip2QFormerModel::load(vb32.pp("qformer"), &config.qformer_config)?;
@@ -189,7 +190,7 @@ impl Blip2ForConditionalGeneration {
     }
 
     /// The dtype activations come out in: the weights' dtype, except bf16/f16 weights on
-    /// the CPU, which compute in f32 (see [`layers`]).
+    /// the CPU, which compute in f32 (see [`crate::layers`]).
     pub fn dtype(&self) -> DType {
         self.dtype
     }

@@ -4,11 +4,11 @@
 //! position of token `i` is `i` (transformers derives it from the attention mask).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::LayerNorm;
 use serde::Deserialize;
 
-use crate::layers::{compute_dtype, get_compute, Emb, Lin};
-use super::vision::activation;
+use crate::activation::HiddenAct;
+use crate::layers::{get_compute, Emb, Lin, Loader};
 use super::{attention, causal_mask, merge_heads, split_heads, TokenIdOrList};
 
 /// `OPTConfig`; defaults are transformers'.
@@ -25,7 +25,7 @@ pub struct OptConfig {
     pub remove_final_layer_norm: bool,
     pub word_embed_proj_dim: Option<usize>,
     pub num_attention_heads: usize,
-    pub activation_function: String,
+    pub activation_function: HiddenAct,
     pub pad_token_id: Option<u32>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<TokenIdOrList>,
@@ -46,7 +46,7 @@ impl Default for OptConfig {
             remove_final_layer_norm: false,
             word_embed_proj_dim: None,
             num_attention_heads: 12,
-            activation_function: "relu".into(),
+            activation_function: HiddenAct::Relu,
             pad_token_id: Some(1),
             bos_token_id: Some(2),
             eos_token_id: Some(TokenIdOrList::One(2)),
@@ -63,15 +63,15 @@ impl OptConfig {
     }
 }
 
-fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Lin> {
+fn linear(i: usize, o: usize, bias: bool, vb: Loader) -> Result<Lin> {
     Lin::load(i, o, bias, vb)
 }
 
-fn layer_norm(d: usize, affine: bool, vb: VarBuilder) -> Result<LayerNorm> {
+fn layer_norm(d: usize, affine: bool, vb: Loader) -> Result<LayerNorm> {
     if affine {
         crate::layers::layer_norm(d, 1e-5, vb)
     } else {
-        let dtype = compute_dtype(vb.dtype(), vb.device());
+        let dtype = vb.compute_dtype();
         let w = Tensor::ones(d, dtype, vb.device())?;
         let b = Tensor::zeros(d, dtype, vb.device())?;
         Ok(LayerNorm::new(w, b, 1e-5))
@@ -113,7 +113,7 @@ struct OptAttention {
 }
 
 impl OptAttention {
-    fn load(vb: VarBuilder, c: &OptConfig) -> Result<Self> {
+    fn load(vb: Loader, c: &OptConfig) -> Result<Self> {
         let d = c.hidden_size;
         Ok(Self {
             q_proj: linear(d, d, c.enable_bias, vb.pp("q_proj"))?,
@@ -147,11 +147,11 @@ struct OptLayer {
     fc2: Lin,
     final_layer_norm: LayerNorm,
     pre_norm: bool,
-    act: String,
+    act: HiddenAct,
 }
 
 impl OptLayer {
-    fn load(vb: VarBuilder, c: &OptConfig) -> Result<Self> {
+    fn load(vb: Loader, c: &OptConfig) -> Result<Self> {
         let d = c.hidden_size;
         let affine = c.layer_norm_elementwise_affine;
         Ok(Self {
@@ -161,7 +161,7 @@ impl OptLayer {
             fc2: linear(c.ffn_dim, d, c.enable_bias, vb.pp("fc2"))?,
             final_layer_norm: layer_norm(d, affine, vb.pp("final_layer_norm"))?,
             pre_norm: c.do_layer_norm_before,
-            act: c.activation_function.clone(),
+            act: c.activation_function,
         })
     }
 
@@ -173,7 +173,7 @@ impl OptLayer {
         }
         let residual = h.clone();
         let m = if self.pre_norm { self.final_layer_norm.forward(&h)? } else { h };
-        let m = self.fc2.forward(&activation(&self.act, &self.fc1.forward(&m)?)?)?;
+        let m = self.fc2.forward(&self.act.forward(&self.fc1.forward(&m)?)?)?;
         let mut h = (residual + m)?;
         if !self.pre_norm {
             h = self.final_layer_norm.forward(&h)?;
@@ -196,7 +196,8 @@ pub struct OptForCausalLM {
 
 impl OptForCausalLM {
     /// `vb` at the `OPTForCausalLM` root (BLIP-2: `language_model`).
-    pub fn load(vb: VarBuilder, c: &OptConfig) -> Result<Self> {
+    pub fn load<'a>(vb: impl Into<Loader<'a>>, c: &OptConfig) -> Result<Self> {
+        let vb = vb.into();
         let dvb = vb.pp("model.decoder");
         let wdim = c.word_embed_proj_dim();
         let embed_tokens = Emb::load(c.vocab_size, wdim, dvb.pp("embed_tokens"))?;
@@ -221,7 +222,7 @@ impl OptForCausalLM {
         let lm_head = if vb.contains_tensor("lm_head.weight") {
             Lin::load(wdim, c.vocab_size, false, vb.pp("lm_head"))?
         } else {
-            Lin::from_weight(embed_tokens.table().clone())?
+            Lin::from_weight(embed_tokens.table().clone(), vb.kernels())?
         };
         Ok(Self {
             embed_tokens,

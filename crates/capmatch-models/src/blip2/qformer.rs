@@ -4,10 +4,11 @@
 //! the query feed-forward (`intermediate_query` / `output_query`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::LayerNorm;
 use serde::Deserialize;
 
-use super::vision::activation;
+use crate::activation::HiddenAct;
+use crate::layers::{layer_norm, Lin, Loader};
 use super::{attention, merge_heads, split_heads};
 
 /// `Blip2QFormerConfig`; defaults are transformers'.
@@ -19,7 +20,7 @@ pub struct Blip2QFormerConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
-    pub hidden_act: String,
+    pub hidden_act: HiddenAct,
     pub max_position_embeddings: usize,
     pub layer_norm_eps: f64,
     pub cross_attention_frequency: usize,
@@ -36,7 +37,7 @@ impl Default for Blip2QFormerConfig {
             num_hidden_layers: 12,
             num_attention_heads: 12,
             intermediate_size: 3072,
-            hidden_act: "gelu".into(),
+            hidden_act: HiddenAct::Gelu,
             max_position_embeddings: 512,
             layer_norm_eps: 1e-12,
             cross_attention_frequency: 2,
@@ -48,24 +49,24 @@ impl Default for Blip2QFormerConfig {
 
 /// `Blip2QFormerAttention`: multi-head attention + `output` (dense, residual, LayerNorm).
 struct QFormerAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    dense: Linear,
+    query: Lin,
+    key: Lin,
+    value: Lin,
+    dense: Lin,
     layer_norm: LayerNorm,
     heads: usize,
     scale: f64,
 }
 
 impl QFormerAttention {
-    fn load(vb: VarBuilder, c: &Blip2QFormerConfig, kv_size: usize) -> Result<Self> {
+    fn load(vb: Loader, c: &Blip2QFormerConfig, kv_size: usize) -> Result<Self> {
         let h = c.hidden_size;
         Ok(Self {
-            query: candle_nn::linear(h, h, vb.pp("attention.query"))?,
-            key: candle_nn::linear(kv_size, h, vb.pp("attention.key"))?,
-            value: candle_nn::linear(kv_size, h, vb.pp("attention.value"))?,
-            dense: candle_nn::linear(h, h, vb.pp("output.dense"))?,
-            layer_norm: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            query: Lin::load(h, h, true, vb.pp("attention.query"))?,
+            key: Lin::load(kv_size, h, true, vb.pp("attention.key"))?,
+            value: Lin::load(kv_size, h, true, vb.pp("attention.value"))?,
+            dense: Lin::load(h, h, true, vb.pp("output.dense"))?,
+            layer_norm: layer_norm(h, c.layer_norm_eps, vb.pp("output.LayerNorm"))?,
             heads: c.num_attention_heads,
             scale: ((h / c.num_attention_heads) as f64).powf(-0.5),
         })
@@ -84,14 +85,14 @@ impl QFormerAttention {
 struct QFormerLayer {
     attention: QFormerAttention,
     crossattention: Option<QFormerAttention>,
-    intermediate_query: Linear,
-    output_query: Linear,
+    intermediate_query: Lin,
+    output_query: Lin,
     output_query_norm: LayerNorm,
-    act: String,
+    act: HiddenAct,
 }
 
 impl QFormerLayer {
-    fn load(vb: VarBuilder, c: &Blip2QFormerConfig, index: usize) -> Result<Self> {
+    fn load(vb: Loader, c: &Blip2QFormerConfig, index: usize) -> Result<Self> {
         let h = c.hidden_size;
         let crossattention = if c.cross_attention_frequency > 0 && index.is_multiple_of(c.cross_attention_frequency) {
             Some(QFormerAttention::load(vb.pp("crossattention"), c, c.encoder_hidden_size)?)
@@ -101,10 +102,10 @@ impl QFormerLayer {
         Ok(Self {
             attention: QFormerAttention::load(vb.pp("attention"), c, h)?,
             crossattention,
-            intermediate_query: candle_nn::linear(h, c.intermediate_size, vb.pp("intermediate_query.dense"))?,
-            output_query: candle_nn::linear(c.intermediate_size, h, vb.pp("output_query.dense"))?,
-            output_query_norm: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("output_query.LayerNorm"))?,
-            act: c.hidden_act.clone(),
+            intermediate_query: Lin::load(h, c.intermediate_size, true, vb.pp("intermediate_query.dense"))?,
+            output_query: Lin::load(c.intermediate_size, h, true, vb.pp("output_query.dense"))?,
+            output_query_norm: layer_norm(h, c.layer_norm_eps, vb.pp("output_query.LayerNorm"))?,
+            act: c.hidden_act,
         })
     }
 
@@ -113,7 +114,7 @@ impl QFormerLayer {
         if let Some(cross) = &self.crossattention {
             h = cross.forward(&h, image)?;
         }
-        let inter = activation(&self.act, &self.intermediate_query.forward(&h)?)?;
+        let inter = self.act.forward(&self.intermediate_query.forward(&h)?)?;
         self.output_query_norm.forward(&(self.output_query.forward(&inter)? + h)?)
     }
 }
@@ -125,11 +126,13 @@ pub struct Blip2QFormerModel {
 }
 
 impl Blip2QFormerModel {
-    pub fn load(vb: VarBuilder, c: &Blip2QFormerConfig) -> Result<Self> {
+    /// `vb` at `qformer`, in the Q-Former's dtype (f32 in BLIP-2).
+    pub fn load<'a>(vb: impl Into<Loader<'a>>, c: &Blip2QFormerConfig) -> Result<Self> {
+        let vb = vb.into();
         let layers = (0..c.num_hidden_layers)
             .map(|i| QFormerLayer::load(vb.pp(format!("encoder.layer.{i}")), c, i))
             .collect::<Result<_>>()?;
-        Ok(Self { layernorm: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layernorm"))?, layers })
+        Ok(Self { layernorm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layernorm"))?, layers })
     }
 
     /// `last_hidden_state` of the queries `(batch, n, hidden)` over `image_embeds`

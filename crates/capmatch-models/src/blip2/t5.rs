@@ -4,11 +4,11 @@
 //! cache and a cross-attention cache computed once from the encoder states.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::Embedding;
 use serde::Deserialize;
 
-use crate::layers::{get_compute, Emb, Lin};
-use super::vision::activation;
+use crate::activation::HiddenAct;
+use crate::layers::{get_compute, Emb, Lin, Loader};
 use super::{attention, causal_mask, merge_heads, split_heads, TokenIdOrList};
 
 /// `T5Config`; defaults are transformers'.
@@ -88,7 +88,7 @@ struct T5LayerNorm {
 }
 
 impl T5LayerNorm {
-    fn load(vb: VarBuilder, d: usize, eps: f64) -> Result<Self> {
+    fn load(vb: Loader, d: usize, eps: f64) -> Result<Self> {
         Ok(Self { weight: get_compute(&vb, d, "weight")?, eps })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -137,7 +137,7 @@ struct T5Attention {
 }
 
 impl T5Attention {
-    fn load(vb: VarBuilder, c: &T5Config, has_bias: bool, is_decoder: bool) -> Result<Self> {
+    fn load(vb: Loader, c: &T5Config, has_bias: bool, is_decoder: bool) -> Result<Self> {
         let inner = c.num_heads * c.d_kv;
         let relative_attention_bias = if has_bias {
             let table = get_compute(&vb, (c.relative_attention_num_buckets, c.num_heads), "relative_attention_bias.weight")?;
@@ -194,13 +194,14 @@ struct T5FeedForward {
     wi_0: Option<Lin>,
     wi_1: Option<Lin>,
     wo: Lin,
-    act: String,
+    act: HiddenAct,
     layer_norm: T5LayerNorm,
 }
 
 impl T5FeedForward {
-    fn load(vb: VarBuilder, c: &T5Config) -> Result<Self> {
+    fn load(vb: Loader, c: &T5Config) -> Result<Self> {
         let (gated, act) = c.feed_forward();
+        let act = HiddenAct::parse(&act)?;
         let d = vb.pp("DenseReluDense");
         let (wi, wi_0, wi_1) = if gated {
             (
@@ -224,8 +225,8 @@ impl T5FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.layer_norm.forward(x)?;
         let h = match (&self.wi, &self.wi_0, &self.wi_1) {
-            (Some(wi), _, _) => activation(&self.act, &wi.forward(&h)?)?,
-            (None, Some(w0), Some(w1)) => (activation(&self.act, &w0.forward(&h)?)? * w1.forward(&h)?)?,
+            (Some(wi), _, _) => self.act.forward(&wi.forward(&h)?)?,
+            (None, Some(w0), Some(w1)) => (self.act.forward(&w0.forward(&h)?)? * w1.forward(&h)?)?,
             _ => unreachable!(),
         };
         x + self.wo.forward(&h)?
@@ -283,7 +284,8 @@ pub struct T5ForConditionalGeneration {
 
 impl T5ForConditionalGeneration {
     /// `vb` at the `T5ForConditionalGeneration` root (BLIP-2: `language_model`).
-    pub fn load(vb: VarBuilder, c: &T5Config) -> Result<Self> {
+    pub fn load<'a>(vb: impl Into<Loader<'a>>, c: &T5Config) -> Result<Self> {
+        let vb = vb.into();
         let shared = Emb::load(c.vocab_size, c.d_model, vb.pp("shared"))?;
         let eps = c.layer_norm_epsilon;
         let encoder = (0..c.num_layers)
@@ -312,7 +314,7 @@ impl T5ForConditionalGeneration {
         let lm_head = if vb.contains_tensor("lm_head.weight") {
             Lin::load(c.d_model, c.vocab_size, false, vb.pp("lm_head"))?
         } else {
-            Lin::from_weight(shared.table().clone())?
+            Lin::from_weight(shared.table().clone(), vb.kernels())?
         };
         Ok(Self {
             shared,

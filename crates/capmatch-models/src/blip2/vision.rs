@@ -2,13 +2,15 @@
 //! projection whose bias is `[q_bias, 0, v_bias]`, a post-layernorm on every position).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+use candle_nn::LayerNorm;
 use serde::Deserialize;
 
-use crate::layers::{get_compute, layer_norm, Lin};
 use super::{attention, merge_heads};
-use crate::clip::HiddenAct;
-use crate::ops::CpuVisionEncoder;
+use crate::activation::HiddenAct;
+use crate::blip::{load_cpu_vision_layers, load_patch_embedding, patches};
+use crate::clip::layer_shape;
+use crate::layers::{get_compute, layer_norm, Lin, Loader};
+use crate::ops::CpuEncoder;
 
 /// `Blip2VisionConfig`; defaults are transformers' (EVA ViT-g/14 at 224 px).
 #[derive(Debug, Clone, Deserialize)]
@@ -20,7 +22,7 @@ pub struct Blip2VisionConfig {
     pub num_attention_heads: usize,
     pub image_size: usize,
     pub patch_size: usize,
-    pub hidden_act: String,
+    pub hidden_act: HiddenAct,
     pub layer_norm_eps: f64,
     pub qkv_bias: bool,
 }
@@ -34,49 +36,36 @@ impl Default for Blip2VisionConfig {
             num_attention_heads: 16,
             image_size: 224,
             patch_size: 14,
-            hidden_act: "gelu".into(),
+            hidden_act: HiddenAct::Gelu,
             layer_norm_eps: 1e-6,
             qkv_bias: true,
         }
     }
 }
 
-/// transformers' `ACT2FN` for the names BLIP-2's towers use.
-pub(crate) fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
-    match name {
-        "gelu" => x.gelu_erf(),
-        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => x.gelu(),
-        "relu" => x.relu(),
-        "quick_gelu" => x.broadcast_mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
-        "silu" | "swish" => candle_nn::ops::silu(x),
-        other => candle_core::bail!("unsupported activation {other:?}"),
-    }
-}
-
 struct VisionEmbeddings {
     class_embedding: Tensor,
-    patch_embedding: Conv2d,
+    /// The patch `Conv2d` (kernel = stride = patch) as a product over flattened patches.
+    patch_embedding: Lin,
+    patch_size: usize,
     position_embedding: Tensor,
 }
 
 impl VisionEmbeddings {
-    fn load(vb: VarBuilder, c: &Blip2VisionConfig) -> Result<Self> {
+    fn load(vb: Loader, c: &Blip2VisionConfig) -> Result<Self> {
         let num_positions = (c.image_size / c.patch_size).pow(2) + 1;
-        let cfg = Conv2dConfig { stride: c.patch_size, ..Default::default() };
         Ok(Self {
             class_embedding: get_compute(&vb, (1, 1, c.hidden_size), "class_embedding")?,
-            patch_embedding: Conv2d::new(
-                get_compute(&vb, (c.hidden_size, 3, c.patch_size, c.patch_size), "patch_embedding.weight")?,
-                Some(get_compute(&vb, c.hidden_size, "patch_embedding.bias")?),
-                cfg,
-            ),
+            patch_embedding: load_patch_embedding(c.hidden_size, 3, c.patch_size, vb.pp("patch_embedding"))?,
+            patch_size: c.patch_size,
             position_embedding: get_compute(&vb, (1, num_positions, c.hidden_size), "position_embedding")?,
         })
     }
 
     fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let b = pixel_values.dim(0)?;
-        let patches = self.patch_embedding.forward(pixel_values)?.flatten_from(2)?.transpose(1, 2)?;
+        // As a product rather than candle's conv2d, which folds the batch into its rows.
+        let patches = self.patch_embedding.forward(&patches(pixel_values, self.patch_size)?)?;
         let d = self.class_embedding.dim(2)?;
         let class = self.class_embedding.broadcast_as((b, 1, d))?;
         let embeddings = Tensor::cat(&[&class.contiguous()?, &patches.contiguous()?], 1)?;
@@ -100,7 +89,7 @@ struct VisionAttention {
 }
 
 impl VisionAttention {
-    fn load(vb: VarBuilder, c: &Blip2VisionConfig) -> Result<Self> {
+    fn load(vb: Loader, c: &Blip2VisionConfig) -> Result<Self> {
         let d = c.hidden_size;
         // The checkpoint stores the fused bias `cat(q_bias, zeros, v_bias)` as `qkv.bias`.
         let qkv = Lin::load(d, 3 * d, c.qkv_bias, vb.pp("qkv"))?;
@@ -129,11 +118,11 @@ struct VisionLayer {
     fc1: Lin,
     fc2: Lin,
     layer_norm2: LayerNorm,
-    act: String,
+    act: HiddenAct,
 }
 
 impl VisionLayer {
-    fn load(vb: VarBuilder, c: &Blip2VisionConfig) -> Result<Self> {
+    fn load(vb: Loader, c: &Blip2VisionConfig) -> Result<Self> {
         let d = c.hidden_size;
         Ok(Self {
             self_attn: VisionAttention::load(vb.pp("self_attn"), c)?,
@@ -141,22 +130,22 @@ impl VisionLayer {
             fc1: Lin::load(d, c.intermediate_size, true, vb.pp("mlp.fc1"))?,
             fc2: Lin::load(c.intermediate_size, d, true, vb.pp("mlp.fc2"))?,
             layer_norm2: layer_norm(d, c.layer_norm_eps, vb.pp("layer_norm2"))?,
-            act: c.hidden_act.clone(),
+            act: c.hidden_act,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = (self.self_attn.forward(&self.layer_norm1.forward(x)?)? + x)?;
-        let m = self.fc2.forward(&activation(&self.act, &self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
+        let m = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
         m + h
     }
 }
 
 /// The encoder layers: the fused f32/bf16 kernels of [`crate::ops`] on the CPU, candle
-/// ops elsewhere (or for an activation those kernels lack).
+/// ops elsewhere.
 enum VisionEncoder {
     Candle(Vec<VisionLayer>),
-    Cpu(CpuVisionEncoder),
+    Cpu(CpuEncoder),
 }
 
 /// `Blip2VisionModel`.
@@ -167,14 +156,14 @@ pub struct Blip2VisionModel {
 }
 
 impl Blip2VisionModel {
-    pub fn load(vb: VarBuilder, c: &Blip2VisionConfig) -> Result<Self> {
-        let layer_vb = |i: usize| vb.pp(format!("encoder.layers.{i}"));
-        let encoder = match HiddenAct::from_name(&c.hidden_act) {
-            Some(act) if vb.device().is_cpu() => {
-                let (n, d, heads) = (c.num_hidden_layers, c.hidden_size, c.num_attention_heads);
-                VisionEncoder::Cpu(CpuVisionEncoder::load(vb.pp("encoder.layers"), n, d, c.intermediate_size, heads, act, c.layer_norm_eps, c.qkv_bias)?)
-            }
-            _ => VisionEncoder::Candle((0..c.num_hidden_layers).map(|i| VisionLayer::load(layer_vb(i), c)).collect::<Result<_>>()?),
+    /// `vb` at `vision_model`.
+    pub fn load<'a>(vb: impl Into<Loader<'a>>, c: &Blip2VisionConfig) -> Result<Self> {
+        let vb = vb.into();
+        let encoder = if vb.fused() {
+            VisionEncoder::Cpu(load_cpu_vision_layers(vb.pp("encoder.layers"), c.num_hidden_layers, layer_shape!(c), c.qkv_bias)?)
+        } else {
+            let layer_vb = |i: usize| vb.pp(format!("encoder.layers.{i}"));
+            VisionEncoder::Candle((0..c.num_hidden_layers).map(|i| VisionLayer::load(layer_vb(i), c)).collect::<Result<_>>()?)
         };
         Ok(Self {
             embeddings: VisionEmbeddings::load(vb.pp("embeddings"), c)?,

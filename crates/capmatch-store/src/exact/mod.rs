@@ -30,22 +30,24 @@
 //! One process writes at a time (the engine holds the gallery's writer lock); any number
 //! of processes read.
 
+mod graph;
 mod mapped;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use capmatch_retrieval::{components, top_k_images, GalleryVectors, QueryVectors};
+use capmatch_retrieval::{components, top_k_images, ComponentScores, GalleryVectors, QueryVectors, Ranked, Target};
 use serde::{Deserialize, Serialize};
 
 use self::mapped::Mapped;
 use crate::error::{Result, StoreError};
 use crate::id::ImageId;
-use crate::vector_index::{IndexStats, VectorHit, VectorIndex, VectorQuery, VectorRecord};
+use crate::vector_index::{
+    Among, GraphProgress, IndexStats, NeighbourQuery, Neighbours, VectorHit, VectorIndex, VectorQuery, VectorRecord,
+};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("the exact index maps little-endian files directly: big-endian targets are not supported");
@@ -141,8 +143,9 @@ impl Column {
     }
 }
 
-/// The committed state, mapped.
-struct Snapshot {
+/// The committed state, mapped. The approximate index (`crate::ann`) reads it row by row:
+/// its graphs are keyed by row, and it re-scores candidates from these vectors.
+pub(crate) struct Snapshot {
     manifest: Manifest,
     images: Mapped,
     captions: Mapped,
@@ -174,12 +177,40 @@ impl Snapshot {
         Ok(s)
     }
 
-    fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.manifest.rows as usize
     }
 
-    fn is_live(&self, row: usize) -> bool {
+    pub(crate) fn is_live(&self, row: usize) -> bool {
         self.live.bytes()[row] == 1 && !self.removed.contains(&(row as u64))
+    }
+
+    /// Rows holding images: the live ones.
+    pub(crate) fn live_rows(&self) -> usize {
+        self.live_rows as usize
+    }
+
+    /// Changes only when compaction renumbers the rows.
+    pub(crate) fn file_generation(&self) -> u64 {
+        self.manifest.file_generation
+    }
+
+    pub(crate) fn dim(&self) -> Option<usize> {
+        self.manifest.dim
+    }
+
+    pub(crate) fn id(&self, row: usize) -> ImageId {
+        ImageId(self.ids.u64s()[row])
+    }
+
+    /// The domain of each row, as an index into [`Self::domain_index`]'s numbering.
+    pub(crate) fn row_domains(&self) -> &[u32] {
+        self.domains.u32s()
+    }
+
+    /// The number rows use for the domain `name`, if any row has it.
+    pub(crate) fn domain_index(&self, name: &str) -> Option<u32> {
+        self.manifest.domains.iter().position(|d| d == name).map(|i| i as u32)
     }
 
     fn offsets(&self) -> &[u32] {
@@ -204,12 +235,12 @@ impl Snapshot {
         Ok(())
     }
 
-    fn gallery(&self) -> Option<GalleryVectors<'_>> {
+    pub(crate) fn gallery(&self) -> Option<GalleryVectors<'_>> {
         let dim = self.manifest.dim?;
         GalleryVectors::new(dim, self.images.f32s(), self.captions.f32s(), self.offsets()).ok()
     }
 
-    fn record(&self, row: usize) -> VectorRecord {
+    pub(crate) fn record(&self, row: usize) -> VectorRecord {
         let dim = self.manifest.dim.unwrap_or(0);
         let offsets = self.offsets();
         let (c0, c1) = (offsets[row] as usize, offsets[row + 1] as usize);
@@ -219,6 +250,18 @@ impl Snapshot {
             image: self.images.f32s()[row * dim..(row + 1) * dim].to_vec(),
             captions: self.captions.f32s()[c0 * dim..c1 * dim].to_vec(),
         }
+    }
+
+    /// Ranked rows as hits: ids and both components of each score.
+    pub(crate) fn hits(&self, gallery: &GalleryVectors<'_>, query: &QueryVectors<'_>, ranked: Vec<Ranked>) -> Vec<VectorHit> {
+        ranked
+            .into_iter()
+            .map(|r| VectorHit {
+                id: self.id(r.position as usize),
+                score: r.score,
+                components: components(gallery, query, r.position as usize),
+            })
+            .collect()
     }
 
     /// Live row of each id (the latest, should a crash have left two).
@@ -313,6 +356,19 @@ impl ExactIndex {
         &self.dir
     }
 
+    pub(crate) fn is_writer(&self) -> bool {
+        self.access == Access::ReadWrite
+    }
+
+    pub(crate) fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The models' fingerprint the vectors were made with, once bound.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.snapshot.manifest.fingerprint.as_deref()
+    }
+
     fn column_path(&self, c: Column, file_generation: u64) -> PathBuf {
         self.dir.join(c.file_name(file_generation))
     }
@@ -391,20 +447,7 @@ fn apply_removals(dir: &Path, m: &Manifest) -> Result<()> {
 }
 
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
-    let tmp = dir.join("manifest.json.tmp");
-    let final_path = dir.join(MANIFEST);
-    let bytes = serde_json::to_vec_pretty(m).expect("manifest serialises");
-    {
-        let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-        f.write_all(&bytes).map_err(|e| StoreError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
-    }
-    std::fs::rename(&tmp, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
-    // The rename itself must reach the disk before anything that depends on it.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::durable::replace_file(dir, MANIFEST, &serde_json::to_vec_pretty(m).expect("manifest serialises"))
 }
 
 fn f32_bytes(v: &[f32]) -> &[u8] {
@@ -507,45 +550,143 @@ impl VectorIndex for ExactIndex {
         Ok(self.search_many(std::slice::from_ref(query))?.pop().unwrap_or_default())
     }
 
+    /// Queries with the same target, k and domain are scored against the gallery together
+    /// (one pass over the vectors for the whole group, the products as a matrix product);
+    /// the dot kernel is batch-invariant, so each query's hits are those it gets alone.
     fn search_many(&self, queries: &[VectorQuery<'_>]) -> Result<Vec<Vec<VectorHit>>> {
         let s = &self.snapshot;
         let Some(gallery) = s.gallery() else {
             return Ok(queries.iter().map(|_| Vec::new()).collect());
         };
         let dim = gallery.dim;
+        if let Some(q) = queries.iter().find(|q| q.vectors.is_empty() || q.vectors.len() % dim != 0) {
+            return Err(StoreError::Dimension { expected: dim, found: q.vectors.len() });
+        }
         let live = s.live.bytes();
         let domain_of = s.domains.u32s();
-        let mut out = Vec::with_capacity(queries.len());
-        for q in queries {
-            if q.vectors.is_empty() || q.vectors.len() % dim != 0 {
-                return Err(StoreError::Dimension { expected: dim, found: q.vectors.len() });
-            }
+        let mut out = vec![Vec::new(); queries.len()];
+        // Groups of queries sharing (target, k, domain); a domain the index has never seen
+        // matches nothing, so its queries stay empty.
+        let mut groups: Vec<(Target, usize, Option<u32>, Vec<usize>)> = Vec::new();
+        for (qi, q) in queries.iter().enumerate() {
             let domain = match q.domain {
                 None => None,
                 Some(name) => match s.manifest.domains.iter().position(|d| d == name) {
                     Some(i) => Some(i as u32),
-                    None => {
-                        out.push(Vec::new());
-                        continue;
-                    }
+                    None => continue,
                 },
             };
+            match groups.iter_mut().find(|(t, k, d, _)| *t == q.target && *k == q.k && *d == domain) {
+                Some(group) => group.3.push(qi),
+                None => groups.push((q.target, q.k, domain, vec![qi])),
+            }
+        }
+        for (target, k, domain, members) in groups {
             let keep = |i: usize| live[i] == 1 && !s.removed.contains(&(i as u64)) && domain.is_none_or(|d| domain_of[i] == d);
-            let qv = QueryVectors::one(dim, q.vectors);
-            let ranked = top_k_images(&gallery, &qv, q.target, q.k, true, &keep).pop().unwrap_or_default();
-            let ids = s.ids.u64s();
-            out.push(
-                ranked
-                    .into_iter()
-                    .map(|r| VectorHit {
-                        id: ImageId(ids[r.position as usize]),
-                        score: r.score,
-                        components: components(&gallery, &qv, r.position as usize),
-                    })
-                    .collect(),
-            );
+            let vectors: Vec<f32> = members.iter().flat_map(|&qi| queries[qi].vectors.iter().copied()).collect();
+            let mut rows = Vec::with_capacity(members.len());
+            let mut row = 0;
+            for &qi in &members {
+                let n = queries[qi].vectors.len() / dim;
+                rows.push(row..row + n);
+                row += n;
+            }
+            let qv = QueryVectors { dim, vectors: &vectors, groups: rows };
+            let ranked = top_k_images(&gallery, &qv, target, k, true, &keep);
+            for (j, (qi, ranked)) in members.into_iter().zip(ranked).enumerate() {
+                out[qi] = s.hits(&gallery, &qv.slice(j..j + 1), ranked);
+            }
         }
         Ok(out)
+    }
+
+    /// Blocks of query rows against the memory-mapped matrices (see `graph`). Candidates
+    /// given by id are copied into a small gallery of their own first, so that a few new
+    /// images are not found by scanning every row.
+    fn neighbours(&self, query: &NeighbourQuery<'_>, progress: &dyn GraphProgress) -> Result<Vec<Neighbours>> {
+        let s = &self.snapshot;
+        let Some(gallery) = s.gallery() else { return Ok(Vec::new()) };
+        let dim = gallery.dim;
+        let id_rows = self.id_rows();
+        let ids = s.ids.u64s();
+        let query_rows: Vec<usize> = match query.of {
+            None => (0..s.rows()).filter(|&r| s.is_live(r)).collect(),
+            Some(of) => of.iter().filter_map(|id| id_rows.get(id).copied()).collect(),
+        };
+        // The candidates: the mapped gallery with a mask, or a compact copy of the listed rows.
+        let (owned, candidate_rows): (Option<(Vec<f32>, Vec<f32>, Vec<u32>)>, Option<Vec<usize>>) = match query.among {
+            Among::Ids(list) => {
+                let mut rows: Vec<usize> = list.iter().filter_map(|id| id_rows.get(id).copied()).collect();
+                rows.sort_unstable();
+                rows.dedup();
+                let (mut images, mut captions, mut offsets) = (Vec::new(), Vec::new(), vec![0u32]);
+                for &r in &rows {
+                    images.extend_from_slice(gallery.image(r));
+                    let c = gallery.caption_rows(r);
+                    captions.extend_from_slice(&gallery.captions[c.start * dim..c.end * dim]);
+                    offsets.push((captions.len() / dim) as u32);
+                }
+                (Some((images, captions, offsets)), Some(rows))
+            }
+            _ => (None, None),
+        };
+        let compact = match &owned {
+            Some((images, captions, offsets)) => {
+                Some(GalleryVectors::new(dim, images, captions, offsets).map_err(|e| StoreError::corrupt(&self.dir, e))?)
+            }
+            None => None,
+        };
+        let candidates = compact.as_ref().unwrap_or(&gallery);
+        let keep: Vec<bool> = match query.among {
+            Among::Ids(_) => vec![true; candidates.len()],
+            Among::All => (0..s.rows()).map(|r| s.is_live(r)).collect(),
+            Among::Domain(name) => match s.manifest.domains.iter().position(|d| d == name) {
+                Some(d) => (0..s.rows()).map(|r| s.is_live(r) && s.domains.u32s()[r] == d as u32).collect(),
+                None => vec![false; s.rows()],
+            },
+        };
+        let queries: Vec<graph::GraphQuery<'_>> = query_rows
+            .iter()
+            .map(|&r| graph::GraphQuery {
+                vector: gallery.image(r),
+                itself: match &candidate_rows {
+                    Some(rows) => rows.binary_search(&r).ok(),
+                    None => Some(r),
+                },
+            })
+            .collect();
+        let ranked = graph::top_k_blockwise(candidates, &keep, &queries, query.target, query.k, progress);
+        let id_of = |position: u32| -> ImageId {
+            let row = match &candidate_rows {
+                Some(rows) => rows[position as usize],
+                None => position as usize,
+            };
+            ImageId(ids[row])
+        };
+        Ok(query_rows
+            .iter()
+            .zip(ranked)
+            .map(|(&r, hits)| Neighbours {
+                id: ImageId(ids[r]),
+                hits: hits
+                    .into_iter()
+                    .map(|(ranked, components)| VectorHit { id: id_of(ranked.position), score: ranked.score, components })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    fn score_pairs(&self, pairs: &[(ImageId, ImageId)]) -> Result<Vec<Option<ComponentScores>>> {
+        let s = &self.snapshot;
+        let Some(gallery) = s.gallery() else { return Ok(vec![None; pairs.len()]) };
+        let id_rows = self.id_rows();
+        Ok(pairs
+            .iter()
+            .map(|(a, b)| {
+                let (a, b) = (id_rows.get(a)?, id_rows.get(b)?);
+                Some(components(&gallery, &QueryVectors::one(gallery.dim, gallery.image(*a)), *b))
+            })
+            .collect())
     }
 
     fn ids(&self) -> Result<Vec<(ImageId, String)>> {

@@ -1,12 +1,55 @@
-//! Where a gallery's vectors are, and which part of a gallery a sharded writer indexes.
+//! Where a gallery's vectors are ([`VectorStore`]), what the engine needs of them
+//! ([`GalleryIndex`]), and which part of a gallery a sharded writer indexes ([`Shard`]).
 
 use std::fmt;
 use std::str::FromStr;
 
 use capmatch_store::exact::Access;
-use capmatch_store::{ExactIndex, VectorIndex};
+use capmatch_store::{AnnIndex, AnnOptions, AnnStatus, ExactIndex, VectorHit, VectorIndex, VectorQuery};
 
 use crate::error::{EngineError, Result};
+
+/// A gallery's vectors as the engine uses them: the [`VectorIndex`] contract (which every
+/// backend passes, see `capmatch_store::contract`), the exact path on demand, and our
+/// approximate index where the backend is the local one.
+pub(crate) trait GalleryIndex: VectorIndex {
+    /// Every query answered exactly, whatever index the backend would otherwise use
+    /// (`capmatch search --exact`, and the truth `capmatch ann tune` and `verify` measure
+    /// against).
+    fn search_many_exact(&self, queries: &[VectorQuery<'_>]) -> capmatch_store::Result<Vec<Vec<VectorHit>>>;
+    /// The state of our approximate index (`capmatch info`, `/api/info`).
+    fn ann_status(&self) -> AnnStatus;
+    /// Our approximate index, to build and tune; `None` for a store that indexes on its
+    /// server.
+    fn approximate_mut(&mut self) -> Option<&mut AnnIndex>;
+}
+
+impl GalleryIndex for AnnIndex {
+    fn search_many_exact(&self, queries: &[VectorQuery<'_>]) -> capmatch_store::Result<Vec<Vec<VectorHit>>> {
+        AnnIndex::search_many_exact(self, queries)
+    }
+    fn ann_status(&self) -> AnnStatus {
+        self.status()
+    }
+    fn approximate_mut(&mut self) -> Option<&mut AnnIndex> {
+        Some(self)
+    }
+}
+
+/// Milvus searches exactly already: its answers are candidates from the server's index
+/// re-scored from the stored vectors (see `capmatch_milvus`), and it has no local graphs.
+#[cfg(feature = "milvus")]
+impl GalleryIndex for capmatch_milvus::MilvusIndex {
+    fn search_many_exact(&self, queries: &[VectorQuery<'_>]) -> capmatch_store::Result<Vec<Vec<VectorHit>>> {
+        self.search_many(queries)
+    }
+    fn ann_status(&self) -> AnnStatus {
+        AnnStatus::absent(format!("{} (the server indexes the collection)", self.address()), 0)
+    }
+    fn approximate_mut(&mut self) -> Option<&mut AnnIndex> {
+        None
+    }
+}
 
 /// The vector store of a gallery. The catalog of files is always the SQLite file (`--db`).
 #[derive(Debug, Clone, Default)]
@@ -45,9 +88,19 @@ impl VectorStore {
     }
 
     /// Opens the vector index of the gallery at `db` in this store.
-    pub(crate) fn open(&self, db: &std::path::Path, access: Access, fingerprint: Option<&str>, shard: Shard) -> Result<Box<dyn VectorIndex>> {
+    pub(crate) fn open(
+        &self,
+        db: &std::path::Path,
+        access: Access,
+        fingerprint: Option<&str>,
+        shard: Shard,
+    ) -> Result<Box<dyn GalleryIndex>> {
         match self {
-            Self::Local => Ok(Box::new(ExactIndex::open(&ExactIndex::dir_for(db), access, fingerprint)?)),
+            Self::Local => {
+                let exact = ExactIndex::open(&ExactIndex::dir_for(db), access, fingerprint)?;
+                let _ = shard; // a local store has one writer, which indexes what it is given
+                Ok(Box::new(AnnIndex::open(exact, &AnnIndex::dir_for(db), AnnOptions::default())))
+            }
             #[cfg(feature = "milvus")]
             Self::Milvus(address) => {
                 let options = capmatch_milvus::MilvusOptions {

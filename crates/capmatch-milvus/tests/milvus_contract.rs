@@ -75,6 +75,10 @@ impl Harness for Milvus {
         std::mem::forget(index);
         self.open(&name)
     }
+
+    fn keeps_entries(&self) -> bool {
+        true
+    }
 }
 
 #[test]
