@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use capmatch_store::{ImageId, VectorIndex};
+use capmatch_store::ImageId;
 use serde::Serialize;
 
 use crate::error::Result;

@@ -1,6 +1,6 @@
 //! What a gallery holds, as one serialisable struct.
 
-use capmatch_store::{AnnStatus, CatalogSummary, IndexStats, VectorIndex};
+use capmatch_store::{AnnStatus, CatalogSummary, IndexStats};
 use serde::Serialize;
 
 use crate::error::Result;

@@ -45,7 +45,7 @@ use std::sync::{Arc, OnceLock};
 use capmatch_core::image_io::DecodeLimits;
 use capmatch_core::Device;
 pub use capmatch_store::{ImageEntry, ImageId, ModelIdentity, VectorRecord};
-use capmatch_store::{Catalog, VectorIndex};
+use capmatch_store::Catalog;
 
 pub use capmatch_retrieval::{self as retrieval, Mode};
 pub use capmatch_store::{self as store, Among, CatalogSummary, GraphProgress, IndexStats, NeighbourQuery, Neighbours, NoProgress};

@@ -11,11 +11,11 @@ use std::collections::HashSet;
 
 use capmatch_retrieval::Target;
 use capmatch_store::exact::Access;
-use capmatch_store::{ImageId, VectorHit, VectorIndex, VectorQuery};
+use capmatch_store::{ImageId, VectorHit, VectorQuery};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
-use crate::vector_store::{GalleryIndex, Shard, VectorStore};
+use crate::vector_store::{Shard, VectorStore};
 use crate::Engine;
 
 /// What a migration did.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use capmatch_core::image_io::{decode_bytes, decode_file};
 use capmatch_core::RgbImage;
 use capmatch_retrieval::{normalized, rank_key, Mode};
-use capmatch_store::{ImageId, VectorHit, VectorIndex, VectorQuery};
+use capmatch_store::{ImageId, VectorHit, VectorQuery};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};

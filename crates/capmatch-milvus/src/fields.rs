@@ -45,6 +45,8 @@ fn find<'a>(fields: &'a [FieldData], name: &str) -> Result<&'a FieldData, Milvus
 pub(crate) fn get_longs(fields: &[FieldData], name: &str) -> Result<Vec<i64>, MilvusError> {
     match &find(fields, name)?.field {
         Some(field_data::Field::Scalars(ScalarField { data: Some(scalar_field::Data::LongData(a)), .. })) => Ok(a.data.clone()),
+        // Milvus 2.3 answers an empty result with untyped fields.
+        None | Some(field_data::Field::Scalars(ScalarField { data: None, .. })) => Ok(Vec::new()),
         _ => Err(MilvusError::Invalid(format!("field {name:?} is not INT64 in the server's answer"))),
     }
 }
@@ -52,6 +54,7 @@ pub(crate) fn get_longs(fields: &[FieldData], name: &str) -> Result<Vec<i64>, Mi
 pub(crate) fn get_strings(fields: &[FieldData], name: &str) -> Result<Vec<String>, MilvusError> {
     match &find(fields, name)?.field {
         Some(field_data::Field::Scalars(ScalarField { data: Some(scalar_field::Data::StringData(a)), .. })) => Ok(a.data.clone()),
+        None | Some(field_data::Field::Scalars(ScalarField { data: None, .. })) => Ok(Vec::new()),
         _ => Err(MilvusError::Invalid(format!("field {name:?} is not VARCHAR in the server's answer"))),
     }
 }
@@ -62,6 +65,7 @@ pub(crate) fn get_floats(fields: &[FieldData], name: &str) -> Result<(usize, Vec
         Some(field_data::Field::Vectors(VectorField { dim, data: Some(vector_field::Data::FloatVector(a)), .. })) => {
             Ok((*dim as usize, a.data.clone()))
         }
+        None | Some(field_data::Field::Vectors(VectorField { data: None, .. })) => Ok((1, Vec::new())),
         _ => Err(MilvusError::Invalid(format!("field {name:?} is not a float vector in the server's answer"))),
     }
 }

@@ -393,6 +393,10 @@ impl MilvusIndex {
         })?;
         let mut out = vec![Vec::new(); nq];
         let Some(data) = r.results else { return Ok(out) };
+        if data.topks.iter().all(|&n| n == 0) {
+            // Milvus 2.3 answers an empty result with untyped output fields.
+            return Ok(out);
+        }
         let ids = if id_field == "id" {
             match data.ids.and_then(|i| i.id_field) {
                 Some(i_ds::IdField::IntId(a)) => a.data,

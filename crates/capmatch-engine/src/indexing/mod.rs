@@ -36,7 +36,7 @@ use anyhow::{bail, Context};
 use capmatch_core::image_io::{decode_file, DecodeLimits};
 use capmatch_core::RgbImage;
 use capmatch_retrieval::normalized;
-use capmatch_store::{CatalogBatch, ContentRecord, FileRecord, ImageId, SkipRecord, TrackedFile, VectorIndex, VectorRecord};
+use capmatch_store::{CatalogBatch, ContentRecord, FileRecord, ImageId, SkipRecord, TrackedFile, VectorRecord};
 use rayon::prelude::*;
 use serde::Serialize;
 
