@@ -66,27 +66,27 @@ def emit(obj):
     sys.stdout.flush()
 
 
-def rss_kb():
-    """(VmRSS, VmHWM) of this process in KiB."""
-    rss = hwm = 0
+def status_kb(*names):
+    """Fields of /proc/self/status in KiB, in the order asked (0 for a missing one)."""
+    fields = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1])
+            name, _, rest = line.partition(":")
+            if name in names:
+                fields[name] = int(rest.split()[0])
+    return [fields.get(name, 0) for name in names]
+
+
+def rss_kb():
+    """(VmRSS, VmHWM) of this process in KiB."""
+    rss, hwm = status_kb("VmRSS", "VmHWM")
     return rss, hwm
 
 
 def rss_split_kb():
     """(RssAnon, RssFile + RssShmem) of this process in KiB: own pages, mapped files."""
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if name in ("RssAnon", "RssFile", "RssShmem"):
-                fields[name] = int(rest.split()[0])
-    return fields.get("RssAnon", 0), fields.get("RssFile", 0) + fields.get("RssShmem", 0)
+    anon, mapped, shmem = status_kb("RssAnon", "RssFile", "RssShmem")
+    return anon, mapped + shmem
 
 
 def write_outputs(path, kind, rows):

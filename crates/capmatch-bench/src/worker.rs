@@ -141,34 +141,31 @@ pub fn emit(v: &Value) {
     let _ = out.flush();
 }
 
-/// (VmRSS, VmHWM) of this process in KiB.
-pub fn rss_kb() -> (u64, u64) {
+/// Fields of `/proc/self/status`, in KiB (0 for a missing one).
+fn status_kb<const N: usize>(names: [&str; N]) -> [u64; N] {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
+    names.map(|name| {
         status
             .lines()
-            .find(|l| l.starts_with(name))
+            .find(|l| l.split(':').next() == Some(name))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    })
+}
+
+/// (VmRSS, VmHWM) of this process in KiB.
+pub fn rss_kb() -> (u64, u64) {
+    let [rss, hwm] = status_kb(["VmRSS", "VmHWM"]);
+    (rss, hwm)
 }
 
 /// Resident memory split into the process's own pages and mapped file pages, in KiB.
 /// Mapped files (the stores' vectors, a viewed graph) are page cache the kernel can drop
 /// and share; a reader of the figures needs to see which kind a backend holds.
 pub fn rss_split_kb() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (field("RssAnon:"), field("RssFile:") + field("RssShmem:"))
+    let [anon, file, shmem] = status_kb(["RssAnon", "RssFile", "RssShmem"]);
+    (anon, file + shmem)
 }
 
 /// `count` images of `folder` (sorted by name, cycled if there are fewer), decoded to RGB.
