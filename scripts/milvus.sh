@@ -35,6 +35,31 @@ install() {
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Waits (up to 90 s) until every port can be bound the way the standalone server's launcher
+# binds it (no SO_REUSEADDR, so a port in TIME_WAIT counts as taken).
+free_ports() {
+    "$PY" - "$@" <<'PY'
+import socket, sys, time
+ports = [int(p) for p in sys.argv[1:]]
+deadline = time.time() + 90
+while True:
+    taken = []
+    for port in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            taken.append(port)
+        finally:
+            s.close()
+    if not taken:
+        sys.exit(0)
+    if time.time() > deadline:
+        sys.exit(f"ports {taken} are still taken after 90 s: stop what holds them (ss -ltnp)")
+    time.sleep(1)
+PY
+}
+
 start() {
     local kind=$1 port=$2 data="$ROOT/data-$1-$2" log="$ROOT/$1-$2.log"
     mkdir -p "$data"
@@ -44,12 +69,21 @@ start() {
     case "$kind" in
         server)
             local o=$((port - 19530))
+            local ports=("$port" $((2379 + o)) $((53100 + o)) $((19529 + 2 * o + 100)) $((19531 + 2 * o + 100))
+                         $((21123 + o)) $((31000 + o)) $((21121 + o)) $((13333 + o)) $((21124 + o)))
+            # Its launcher silently moves to the next free port when one is taken, and the
+            # ports of a server just stopped stay taken (TIME_WAIT) for up to a minute.
+            free_ports "${ports[@]}"
+            rm -f "$data/logs/milvus-stdout.log" # read below for the proxy's start
             # setsid: the server's own children (etcd) go with it on stop.
-            setsid "$(venv server)/bin/milvus-server" --data "$data" --proxy-port "$port" \
-                --etcd-port $((2379 + o)) --root-coord-port $((53100 + o)) \
-                --proxy-internal-port $((19529 + 2 * o + 100)) --query-coord-port $((19531 + 2 * o + 100)) \
-                --query-node-port $((21123 + o)) --index-coord-port $((31000 + o)) --index-node-port $((21121 + o)) \
-                --data-coord-port $((13333 + o)) --data-node-port $((21124 + o)) \
+            # A time tick of 20 ms instead of 200: a strongly consistent read waits for the
+            # next tick, and the tests make thousands of them.
+            setsid "$(venv server)/bin/milvus-server" --data "$data" --proxy-port "${ports[0]}" \
+                --extra-config proxy.timeTickInterval=20 \
+                --etcd-port "${ports[1]}" --root-coord-port "${ports[2]}" \
+                --proxy-internal-port "${ports[3]}" --query-coord-port "${ports[4]}" \
+                --query-node-port "${ports[5]}" --index-coord-port "${ports[6]}" --index-node-port "${ports[7]}" \
+                --data-coord-port "${ports[8]}" --data-node-port "${ports[9]}" \
                 >"$log" 2>&1 < /dev/null &
             ;;
         lite)
@@ -63,8 +97,19 @@ start() {
     echo "$pid" > "$data/pid"
     for _ in $(seq 1 240); do
         if answers "$port"; then
-            # The standalone server listens before its coordinators are ready.
-            [ "$kind" = server ] && sleep 5
+            if [ "$kind" = server ]; then
+                # Its launcher listens on the ports while it checks them, and the server
+                # listens before its coordinators are ready: wait for the proxy's own word.
+                if ! grep -q "Proxy successfully started" "$data/logs/milvus-stdout.log" 2>/dev/null; then
+                    sleep 0.5; continue
+                fi
+                local bound
+                bound=$(awk '/^proxy:/ {p = 1; next} /^[a-z]/ {p = 0} p && /^  port:/ {print $2; exit}' "$data/configs/milvus.yaml")
+                if [ "$bound" != "$port" ]; then
+                    echo "the server took port $bound instead of $port (was $port taken?)" >&2; stop "$kind" "$port"; exit 1
+                fi
+                sleep 1
+            fi
             echo "$pid"; return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then

@@ -24,6 +24,8 @@ const VERSION: u32 = 2;
 const WINDOW: usize = 16384;
 /// Ids per `in [...]` filter.
 const IDS_PER_FILTER: usize = 2000;
+/// Result rows (query vectors × depth) one search request asks for.
+const ROWS_PER_SEARCH: usize = 65536;
 /// Bytes of vectors per write request (well under the server's message limit).
 const BYTES_PER_WRITE: usize = 8 << 20;
 /// How far Milvus' own float32 scores may be from the retrieval kernel's (unit vectors):
@@ -414,71 +416,112 @@ impl MilvusIndex {
         Ok(out)
     }
 
-    /// Exact top-k by the threshold algorithm: Milvus proposes candidates (the best rows of
-    /// each list the target needs); the candidates are re-scored with `capmatch_retrieval`
-    /// from their stored vectors; the answer is final once the k-th exact score is above
-    /// the best any image not proposed could reach, else the lists are read deeper.
-    fn search_exact(&self, q: &VectorQuery<'_>, dim: usize) -> Result<Vec<VectorHit>> {
-        if q.k == 0 {
-            return Ok(Vec::new());
-        }
-        let filter = match q.domain {
-            Some(d) => format!("domain == {}", quoted(d)),
-            None => String::new(),
-        };
-        let mut limit = (q.k * 4 + 16).min(WINDOW);
+    /// Exact top-k by the threshold algorithm, for several searches at once: Milvus
+    /// proposes candidates (the best rows of each list a target needs, every pending
+    /// search's query vectors in one request per list); the candidates are re-scored with
+    /// `capmatch_retrieval` from their stored vectors (fetched together for the round); a
+    /// search's answer is final once its k-th exact score is above the best any image not
+    /// proposed could reach, else its lists are read deeper in the next round.
+    fn search_exact_many(&self, queries: &[VectorQuery<'_>], dim: usize) -> Result<Vec<Vec<VectorHit>>> {
+        let mut answers: Vec<Option<Vec<VectorHit>>> =
+            queries.iter().map(|q| if q.k == 0 { Some(Vec::new()) } else { None }).collect();
+        let mut limits: Vec<usize> = queries.iter().map(|q| (q.k * 4 + 16).min(WINDOW)).collect();
         loop {
-            let mut candidates: HashSet<ImageId> = HashSet::new();
-            let mut bound = |lists: Vec<Vec<(ImageId, f32)>>| -> f32 {
-                // The best score a row not returned could have (−∞ when a list is complete).
-                let mut b = f32::NEG_INFINITY;
-                for list in lists {
-                    if list.len() >= limit {
-                        let last = list.last().map(|r| r.1).unwrap_or(f32::NEG_INFINITY);
-                        b = if last.is_nan() { f32::INFINITY } else { b.max(last + SCORE_MARGIN) };
+            let pending: Vec<usize> = (0..queries.len()).filter(|&i| answers[i].is_none()).collect();
+            if pending.is_empty() {
+                return Ok(answers.into_iter().map(Option::unwrap_or_default).collect());
+            }
+            // Searches that can share a request: the same filter, lists and depth.
+            let mut groups: HashMap<(Option<&str>, bool, bool, usize), Vec<usize>> = HashMap::new();
+            for &i in &pending {
+                let q = &queries[i];
+                groups.entry((q.domain, q.target.needs_captions(), q.target.needs_images(), limits[i])).or_default().push(i);
+            }
+            let mut candidates: HashMap<usize, HashSet<ImageId>> = HashMap::new();
+            let mut unseen: HashMap<usize, f32> = HashMap::new();
+            for ((domain, captions, images, limit), members) in groups {
+                let filter = match domain {
+                    Some(d) => format!("domain == {}", quoted(d)),
+                    None => String::new(),
+                };
+                // Bounded so that one answer (rows × depth) stays well inside a message.
+                let rows_per_request = (ROWS_PER_SEARCH / limit).max(1);
+                let mut start = 0;
+                while start < members.len() {
+                    let mut end = start;
+                    let mut rows = 0;
+                    while end < members.len() && (end == start || rows + queries[members[end]].vectors.len() / dim <= rows_per_request) {
+                        rows += queries[members[end]].vectors.len() / dim;
+                        end += 1;
                     }
-                    candidates.extend(list.into_iter().map(|r| r.0));
+                    let batch = &members[start..end];
+                    let vectors: Vec<f32> = batch.iter().flat_map(|&i| queries[i].vectors.iter().copied()).collect();
+                    let mut bounds: Vec<(f32, f32)> = vec![(f32::NEG_INFINITY, f32::NEG_INFINITY); batch.len()];
+                    for (list, vector, id_field, wanted) in
+                        [(&self.names.captions, "caption", "image_id", captions), (&self.names.images, "image", "id", images)]
+                    {
+                        if !wanted {
+                            continue;
+                        }
+                        let mut lists = self.search_rows(list, vector, id_field, &vectors, dim, limit, &filter)?.into_iter();
+                        for (slot, &i) in batch.iter().enumerate() {
+                            // The best score a row not returned could have (−∞ when a list
+                            // is complete), over the search's query vectors.
+                            let mut b = f32::NEG_INFINITY;
+                            for found in lists.by_ref().take(queries[i].vectors.len() / dim) {
+                                if found.len() >= limit {
+                                    let last = found.last().map(|r| r.1).unwrap_or(f32::NEG_INFINITY);
+                                    b = if last.is_nan() { f32::INFINITY } else { b.max(last + SCORE_MARGIN) };
+                                }
+                                candidates.entry(i).or_default().extend(found.into_iter().map(|r| r.0));
+                            }
+                            if vector == "caption" {
+                                bounds[slot].0 = b;
+                            } else {
+                                bounds[slot].1 = b;
+                            }
+                        }
+                    }
+                    for (slot, &i) in batch.iter().enumerate() {
+                        // Complete lists (−∞) mean every image was proposed; NaN (a NaN
+                        // score at a list's end) means nothing can be concluded yet.
+                        let u = match queries[i].target.combine(bounds[slot].0, bounds[slot].1) {
+                            s if s.is_nan() => f32::INFINITY,
+                            s => s,
+                        };
+                        unseen.insert(i, u);
+                    }
+                    start = end;
                 }
-                b
-            };
-            let caption_bound = if q.target.needs_captions() {
-                bound(self.search_rows(&self.names.captions, "caption", "image_id", q.vectors, dim, limit, &filter)?)
-            } else {
-                f32::NEG_INFINITY
-            };
-            let image_bound = if q.target.needs_images() {
-                bound(self.search_rows(&self.names.images, "image", "id", q.vectors, dim, limit, &filter)?)
-            } else {
-                f32::NEG_INFINITY
-            };
-            // Complete lists (−∞) mean every image was proposed; NaN (a NaN score at a list's
-            // end) means nothing can be concluded yet.
-            let unseen = match q.target.combine(caption_bound, image_bound) {
-                s if s.is_nan() => f32::INFINITY,
-                s => s,
-            };
-            let mut ids: Vec<ImageId> = candidates.into_iter().collect();
-            ids.sort();
-            let records = self.records(&ids)?;
-            let kept: Vec<&VectorRecord> =
-                ids.iter().filter_map(|id| records.get(id)).filter(|r| q.domain.is_none_or(|d| r.domain == d)).collect();
-            let hits = rescore(&kept, q, dim);
-            let final_ = unseen == f32::NEG_INFINITY
-                || (hits.len() >= q.k && {
-                    let kth = hits[q.k - 1].score;
-                    !kth.is_nan() && kth > unseen
-                });
-            if final_ || limit >= WINDOW {
-                if !final_ {
+            }
+            let mut all: Vec<ImageId> = candidates.values().flatten().copied().collect::<HashSet<_>>().into_iter().collect();
+            all.sort();
+            let records = self.records(&all)?;
+            for i in pending {
+                let q = &queries[i];
+                let mut ids: Vec<ImageId> = candidates.remove(&i).unwrap_or_default().into_iter().collect();
+                ids.sort();
+                let kept: Vec<&VectorRecord> =
+                    ids.iter().filter_map(|id| records.get(id)).filter(|r| q.domain.is_none_or(|d| r.domain == d)).collect();
+                let hits = rescore(&kept, q, dim);
+                let bound = unseen[&i];
+                let final_ = bound == f32::NEG_INFINITY
+                    || (hits.len() >= q.k && {
+                        let kth = hits[q.k - 1].score;
+                        !kth.is_nan() && kth > bound
+                    });
+                if final_ {
+                    answers[i] = Some(hits);
+                } else if limits[i] >= WINDOW {
                     return Err(StoreError::InvalidInput(format!(
                         "{}: k = {} needs more candidates than one Milvus search returns ({WINDOW}); ask for fewer results",
                         self.address_text(),
                         q.k
                     )));
+                } else {
+                    limits[i] = (limits[i] * 4).min(WINDOW);
                 }
-                return Ok(hits);
             }
-            limit = (limit * 4).min(WINDOW);
         }
     }
 
@@ -660,12 +703,23 @@ impl VectorIndex for MilvusIndex {
         Ok(self.records(&[id])?.remove(&id))
     }
 
+    fn get_many(&self, ids: &[ImageId]) -> Result<Vec<Option<VectorRecord>>> {
+        let found = self.records(ids)?;
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+    }
+
     fn search(&self, query: &VectorQuery<'_>) -> Result<Vec<VectorHit>> {
-        let Some(dim) = self.dim else { return Ok(Vec::new()) };
-        if query.vectors.is_empty() || query.vectors.len() % dim != 0 {
-            return Err(StoreError::Dimension { expected: dim, found: query.vectors.len() });
+        Ok(self.search_many(std::slice::from_ref(query))?.pop().unwrap_or_default())
+    }
+
+    fn search_many(&self, queries: &[VectorQuery<'_>]) -> Result<Vec<Vec<VectorHit>>> {
+        let Some(dim) = self.dim else { return Ok(vec![Vec::new(); queries.len()]) };
+        for q in queries {
+            if q.vectors.is_empty() || q.vectors.len() % dim != 0 {
+                return Err(StoreError::Dimension { expected: dim, found: q.vectors.len() });
+            }
         }
-        self.search_exact(query, dim)
+        self.search_exact_many(queries, dim)
     }
 
     fn stored_entries(&self, ids: &[ImageId]) -> Result<Vec<Option<ImageEntry>>> {
@@ -717,9 +771,26 @@ impl VectorIndex for MilvusIndex {
 
     fn refresh(&mut self) -> Result<()> {
         self.dim = schema::dim_of(&self.conn, &self.names.images, "image")?;
-        if self.dim.is_some() {
-            schema::load(&self.conn, &self.names.images)?;
-            schema::load(&self.conn, &self.names.captions)?;
+        if let Some(dim) = self.dim {
+            if self.options.writable {
+                // Also finishes collections a writer killed while creating them left
+                // without captions or without an index.
+                schema::create(&self.conn, &schema::images(&self.names.images, dim), "image")?;
+                schema::create(&self.conn, &schema::captions(&self.names.captions, dim), "caption")?;
+            } else if !schema::exists(&self.conn, &self.names.captions)? {
+                return Err(StoreError::InvalidInput(format!(
+                    "{} is incomplete: a writer stopped while creating its collections; \
+                     run `capmatch index` with this --store once to finish them",
+                    self.address_text()
+                )));
+            } else {
+                schema::load(&self.conn, &self.names.images)?;
+                schema::load(&self.conn, &self.names.captions)?;
+            }
+        }
+        // A restarted server may hold every collection released.
+        if schema::exists(&self.conn, &self.names.meta)? {
+            schema::load(&self.conn, &self.names.meta)?;
         }
         let state: Option<ShardState> = self.meta_get(meta_key(&self.options.shard))?;
         self.generation = state.map(|s| s.generation).unwrap_or(0);
@@ -744,3 +815,89 @@ impl VectorIndex for MilvusIndex {
     }
 }
 
+
+/// Half-finished states a killed writer or a restarted server leaves, made on purpose (the
+/// CLI tests meet them only when a kill lands at the right moment). They need a server:
+/// `CAPMATCH_MILVUS_ADDR=HOST:PORT`, as the contract suite.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capmatch_retrieval::Target;
+    use capmatch_store::contract::random_records;
+
+    fn server() -> Option<String> {
+        let server = std::env::var("CAPMATCH_MILVUS_ADDR").ok().filter(|a| !a.is_empty());
+        if server.is_none() {
+            eprintln!("SKIPPED: set CAPMATCH_MILVUS_ADDR=HOST:PORT to run the Milvus tests");
+        }
+        server
+    }
+
+    fn open(server: &str, collection: &str, writable: bool) -> Result<MilvusIndex> {
+        let address = MilvusAddress::parse(&format!("milvus://{server}/{collection}"), None).unwrap();
+        MilvusIndex::open(&address, MilvusOptions { fingerprint: Some("fp".into()), shard: "0/1".into(), writable })
+    }
+
+    fn unique(prefix: &str) -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+    }
+
+    fn release(index: &MilvusIndex, name: &str) {
+        let name = name.to_owned();
+        index
+            .conn
+            .call("release collection", |mut c| {
+                let name = name.clone();
+                async move { c.release_collection(rpc::ReleaseCollectionRequest { collection_name: name, ..Default::default() }).await }
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_writer_finishes_collections_a_killed_writer_left_half_made() {
+        let Some(server) = server() else { return };
+        let name = unique("half_made");
+        let records = random_records(20, 8, 3);
+        {
+            // Killed after creating the image collection, before its index and before the
+            // caption collection.
+            let index = open(&server, &name, true).unwrap();
+            let schema = schema::images(&index.names.images, 8).encode_to_vec();
+            let images = index.names.images.clone();
+            index
+                .conn
+                .call("create collection", |mut c| {
+                    let (name, schema) = (images.clone(), schema.clone());
+                    async move { c.create_collection(rpc::CreateCollectionRequest { collection_name: name, schema, shards_num: 1, ..Default::default() }).await }
+                })
+                .unwrap();
+        }
+        let refused = open(&server, &name, false).err().expect("a reader refuses the half-made gallery");
+        assert!(refused.to_string().contains("run `capmatch index`"), "{refused}");
+        let mut index = open(&server, &name, true).unwrap();
+        index.upsert(&records).unwrap();
+        let hits = index.search(&VectorQuery { vectors: &records[4].image, target: Target::Image, k: 1, domain: None }).unwrap();
+        assert_eq!(hits[0].id, records[4].id);
+        let reader = open(&server, &name, false).unwrap();
+        assert_eq!(reader.len(), records.len());
+        index.drop_all().unwrap();
+    }
+
+    #[test]
+    fn a_reader_loads_collections_a_restarted_server_holds_released() {
+        let Some(server) = server() else { return };
+        let name = unique("released");
+        let records = random_records(20, 8, 5);
+        let mut index = open(&server, &name, true).unwrap();
+        index.upsert(&records).unwrap();
+        for collection in [&index.names.images, &index.names.captions, &index.names.meta] {
+            release(&index, collection);
+        }
+        let reader = open(&server, &name, false).unwrap();
+        assert_eq!(reader.get(records[3].id).unwrap().as_ref(), Some(&records[3]));
+        let hits = reader.search(&VectorQuery { vectors: &records[7].image, target: Target::Captions, k: 3, domain: None }).unwrap();
+        assert_eq!(hits.len(), 3);
+        index.drop_all().unwrap();
+    }
+}

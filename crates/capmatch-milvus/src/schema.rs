@@ -133,7 +133,8 @@ pub(crate) fn dim_of(conn: &Connection, name: &str, vector: &str) -> Result<Opti
 }
 
 /// Creates `schema` with an exact (FLAT, inner product) index on `vector` and loads it;
-/// a collection another process created meanwhile is used as it is.
+/// a collection another process created meanwhile is used as it is, and one a killed
+/// writer left without its index gets it now (creating the same index again is a no-op).
 pub(crate) fn create(conn: &Connection, schema: &CollectionSchema, vector: &str) -> Result<(), MilvusError> {
     let name = schema.name.clone();
     if !exists(conn, &name)? {
@@ -157,22 +158,22 @@ pub(crate) fn create(conn: &Connection, schema: &CollectionSchema, vector: &str)
                 return Err(e);
             }
         }
-        let indexed = conn.call("create index", |mut c| {
-            let name = name.clone();
-            let vector = vector.to_owned();
-            async move {
-                c.create_index(rpc::CreateIndexRequest {
-                    collection_name: name,
-                    field_name: vector,
-                    extra_params: vec![kv("index_type", "FLAT"), kv("metric_type", "IP"), kv("params", "{}")],
-                    ..Default::default()
-                })
-                .await
-            }
-        });
-        if let Err(e) = indexed {
-            tracing::debug!("{e} (another writer may have indexed {name} first)");
+    }
+    let indexed = conn.call("create index", |mut c| {
+        let name = name.clone();
+        let vector = vector.to_owned();
+        async move {
+            c.create_index(rpc::CreateIndexRequest {
+                collection_name: name,
+                field_name: vector,
+                extra_params: vec![kv("index_type", "FLAT"), kv("metric_type", "IP"), kv("params", "{}")],
+                ..Default::default()
+            })
+            .await
         }
+    });
+    if let Err(e) = indexed {
+        tracing::debug!("{e} (another writer may have indexed {name} first)");
     }
     load(conn, &name)
 }

@@ -154,6 +154,11 @@ pub trait VectorIndex: Send + Sync {
     fn remove(&mut self, ids: &[ImageId]) -> Result<usize>;
     /// One image's vectors.
     fn get(&self, id: ImageId) -> Result<Option<VectorRecord>>;
+    /// Several images' vectors, in the order asked (`None` for an unknown id). A backend
+    /// whose every read is a round trip fetches them together.
+    fn get_many(&self, ids: &[ImageId]) -> Result<Vec<Option<VectorRecord>>> {
+        ids.iter().map(|&id| self.get(id)).collect()
+    }
     /// Searches; see the contract.
     fn search(&self, query: &VectorQuery<'_>) -> Result<Vec<VectorHit>>;
     /// Several searches at once (backends may batch them).
@@ -163,7 +168,8 @@ pub trait VectorIndex: Send + Sync {
     /// The neighbour graph (see the module documentation), one entry per asked image that
     /// the index holds, in the order asked (index order for `of: None`).
     ///
-    /// The default runs one search per image (or scores the listed candidates exactly for
+    /// The default runs one search per image, sent [`NEIGHBOUR_BATCH`] at a time through
+    /// [`VectorIndex::search_many`] (or scores the listed candidates exactly for
     /// [`Among::Ids`]); a backend overrides it with something faster that gives the same
     /// answer.
     fn neighbours(&self, query: &NeighbourQuery<'_>, progress: &dyn GraphProgress) -> Result<Vec<Neighbours>> {
@@ -172,10 +178,13 @@ pub trait VectorIndex: Send + Sync {
     /// Both components of `b`'s score with `a`'s image vector as the query (the two scores
     /// of the pair as a search from `a` sees them), `None` where an id is unknown.
     fn score_pairs(&self, pairs: &[(ImageId, ImageId)]) -> Result<Vec<Option<ComponentScores>>> {
+        let ids: Vec<ImageId> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect::<HashSet<_>>().into_iter().collect();
+        let records: std::collections::HashMap<ImageId, VectorRecord> =
+            self.get_many(&ids)?.into_iter().flatten().map(|r| (r.id, r)).collect();
         pairs
             .iter()
-            .map(|&(a, b)| {
-                let (Some(a), Some(b)) = (self.get(a)?, self.get(b)?) else { return Ok(None) };
+            .map(|(a, b)| {
+                let (Some(a), Some(b)) = (records.get(a), records.get(b)) else { return Ok(None) };
                 let offsets = [0, b.caption_count() as u32];
                 let gallery = GalleryVectors::new(b.image.len(), &b.image, &b.captions, &offsets)
                     .map_err(crate::error::StoreError::InvalidInput)?;
@@ -240,12 +249,8 @@ fn neighbours_by_search<I: VectorIndex + ?Sized>(
     };
     let candidates: Option<Vec<VectorRecord>> = match query.among {
         Among::Ids(ids) => {
-            let unique: HashSet<ImageId> = ids.iter().copied().collect();
-            let mut records = Vec::with_capacity(unique.len());
-            for id in unique {
-                records.extend(index.get(id)?);
-            }
-            Some(records)
+            let unique: Vec<ImageId> = ids.iter().copied().collect::<HashSet<_>>().into_iter().collect();
+            Some(index.get_many(&unique)?.into_iter().flatten().collect())
         }
         _ => None,
     };
@@ -254,19 +259,33 @@ fn neighbours_by_search<I: VectorIndex + ?Sized>(
         _ => None,
     };
     let mut out = Vec::with_capacity(of.len());
-    for (done, &id) in of.iter().enumerate() {
-        let Some(record) = index.get(id)? else { continue };
-        let mut hits = match &candidates {
-            Some(records) => exact_hits(records, &record.image, query.target),
-            None => index.search(&VectorQuery { vectors: &record.image, target: query.target, k: query.k + 1, domain })?,
+    let mut done = 0;
+    for chunk in of.chunks(NEIGHBOUR_BATCH) {
+        let records: Vec<VectorRecord> = index.get_many(chunk)?.into_iter().flatten().collect();
+        let found = match &candidates {
+            Some(listed) => records.iter().map(|r| exact_hits(listed, &r.image, query.target)).collect(),
+            None => {
+                let searches: Vec<VectorQuery<'_>> = records
+                    .iter()
+                    .map(|r| VectorQuery { vectors: &r.image, target: query.target, k: query.k + 1, domain })
+                    .collect();
+                index.search_many(&searches)?
+            }
         };
-        hits.retain(|h| h.id != id);
-        keep_top_k_with_ties(&mut hits, query.k);
-        out.push(Neighbours { id, hits });
-        progress.progressed(done + 1, of.len());
+        for (record, mut hits) in records.iter().zip(found) {
+            hits.retain(|h| h.id != record.id);
+            keep_top_k_with_ties(&mut hits, query.k);
+            out.push(Neighbours { id: record.id, hits });
+        }
+        done += chunk.len();
+        progress.progressed(done, of.len());
     }
     Ok(out)
 }
+
+/// Images whose searches the default neighbour graph sends together: one round trip for
+/// a remote backend, small enough that progress moves.
+pub const NEIGHBOUR_BATCH: usize = 256;
 
 /// Every record scored for `query` under `target`, in rank order (equal scores by id).
 fn exact_hits(records: &[VectorRecord], query: &[f32], target: Target) -> Vec<VectorHit> {

@@ -54,6 +54,9 @@ impl VectorIndex for BuiltOnFirstWrite {
     fn get(&self, id: ImageId) -> capmatch_store::Result<Option<VectorRecord>> {
         self.0.get(id)
     }
+    fn get_many(&self, ids: &[ImageId]) -> capmatch_store::Result<Vec<Option<VectorRecord>>> {
+        self.0.get_many(ids)
+    }
     fn search(&self, query: &VectorQuery<'_>) -> capmatch_store::Result<Vec<VectorHit>> {
         self.0.search(query)
     }
