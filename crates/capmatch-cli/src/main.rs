@@ -84,13 +84,14 @@ pub struct StoreArg {
     pub store: String,
     /// File holding the Milvus token (user:password or API key); default: the
     /// CAPMATCH_MILVUS_TOKEN environment variable.
+    /// (Named apart from `serve`'s own `--token-file`: clap keys arguments by field name.)
     #[arg(long = "store-token-file")]
-    pub token_file: Option<PathBuf>,
+    pub store_token_file: Option<PathBuf>,
 }
 
 impl StoreArg {
     pub fn store(&self) -> anyhow::Result<capmatch_engine::VectorStore> {
-        Ok(capmatch_engine::VectorStore::parse(Some(&self.store), self.token_file.as_deref())?)
+        Ok(capmatch_engine::VectorStore::parse(Some(&self.store), self.store_token_file.as_deref())?)
     }
 }
 
@@ -544,5 +545,47 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::path::Path;
+
+    /// clap keys each argument by its field name and checks for duplicates only in debug
+    /// builds; in a release build two fields with one name share a value.
+    #[test]
+    fn no_two_arguments_of_a_command_share_an_id() {
+        fn check(cmd: &clap::Command, path: &str) {
+            let mut seen = std::collections::HashSet::new();
+            for arg in cmd.get_arguments() {
+                assert!(seen.insert(arg.get_id().clone()), "{path}: two arguments named {:?}", arg.get_id());
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        check(&Cli::command(), "capmatch");
+    }
+
+    /// Two flags whose fields share a name (a flattened group's and the command's own) get
+    /// one value between them in a release build, where clap does not check for it: serve's
+    /// `--token-file` was once read as None because `--store-token-file`'s field had its name.
+    #[test]
+    fn serve_keeps_its_token_file_apart_from_the_stores() {
+        let cli = Cli::try_parse_from([
+            "capmatch", "serve", "--db", "g.db", "--token-file", "bearer.txt", "--store", "milvus://h:1/c",
+            "--store-token-file", "milvus.txt",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        assert_eq!(args.token_file.as_deref(), Some(Path::new("bearer.txt")));
+        assert_eq!(args.store.store_token_file.as_deref(), Some(Path::new("milvus.txt")));
+        let cli = Cli::try_parse_from(["capmatch", "serve", "--db", "g.db", "--token-file", "bearer.txt"]).unwrap();
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        assert_eq!(args.token_file.as_deref(), Some(Path::new("bearer.txt")));
+        assert_eq!(args.store.store_token_file, None);
     }
 }
