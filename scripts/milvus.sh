@@ -76,10 +76,10 @@ start() {
             free_ports "${ports[@]}"
             rm -f "$data/logs/milvus-stdout.log" # read below for the proxy's start
             # setsid: the server's own children (etcd) go with it on stop.
-            # A time tick of 20 ms instead of 200: a strongly consistent read waits for the
-            # next tick, and the tests make thousands of them.
+            # A time tick of 20 ms instead of the server's 200 (CAPMATCH_MILVUS_TICK_MS): a
+            # strongly consistent read waits for the next tick, and the tests make thousands.
             setsid "$(venv server)/bin/milvus-server" --data "$data" --proxy-port "${ports[0]}" \
-                --extra-config proxy.timeTickInterval=20 \
+                --extra-config "proxy.timeTickInterval=${CAPMATCH_MILVUS_TICK_MS:-20}" \
                 --etcd-port "${ports[1]}" --root-coord-port "${ports[2]}" \
                 --proxy-internal-port "${ports[3]}" --query-coord-port "${ports[4]}" \
                 --query-node-port "${ports[5]}" --index-coord-port "${ports[6]}" --index-node-port "${ports[7]}" \

@@ -48,10 +48,8 @@ pub struct AnnArgs {
     /// Threads for building (both sides); queries run one at a time.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    #[arg(long, default_value = "bench-models")]
-    pub models_dir: PathBuf,
-    #[arg(long, default_value = "python3")]
-    pub python: String,
+    #[command(flatten)]
+    pub reference: crate::ReferenceArgs,
     /// Write the section into this file (between its ann markers, else appended).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -141,10 +139,6 @@ pub(crate) fn ensure_vectors(root: &Path, n: usize, queries: usize) -> Result<(P
         }
     }
     Ok((gallery, query_file))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -241,15 +235,15 @@ fn search(args: &AnnWorkerArgs) -> Result<Value> {
     let n = queries.rows as f64;
     Ok(json!({
         "open_ms": open_ms,
-        "p50_ms": percentile(&latencies, 0.5),
-        "p99_ms": percentile(&latencies, 0.99),
+        "p50_ms": crate::stats::percentile(&latencies, 0.5),
+        "p99_ms": crate::stats::percentile(&latencies, 0.99),
         "recall_at_1": r1 as f64 / n,
         "recall_at_10": r10 as f64 / (n * K as f64),
         "rss_kb": rss_kb,
         "hwm_kb": hwm_kb,
         "anon_kb": anon_kb,
         "file_kb": file_kb,
-        "exact_p50_ms": percentile(&exact_ms, 0.5),
+        "exact_p50_ms": crate::stats::percentile(&exact_ms, 0.5),
         "breadth": ann.status().breadth,
     }))
 }
@@ -277,7 +271,7 @@ fn run_json(cmd: Command, log: &Path) -> Result<(Value, u64)> {
 }
 
 pub fn run(args: AnnArgs, repo: &Path) -> Result<()> {
-    let root = if args.models_dir.is_absolute() { args.models_dir.clone() } else { repo.join(&args.models_dir) };
+    let root = args.reference.models_root(repo);
     let logs = root.join("logs");
     std::fs::create_dir_all(&logs)?;
     let me = std::env::current_exe()?;
@@ -305,7 +299,7 @@ pub fn run(args: AnnArgs, repo: &Path) -> Result<()> {
         let (searched, _) = run_json(cmd, &logs.join(format!("ann-{label}-search.log")))?;
         let recall = searched["recall_at_10"].as_f64().context("recall")?;
         eprintln!("{label}: faiss");
-        let mut cmd = Command::new(&args.python);
+        let mut cmd = Command::new(&args.reference.python);
         cmd.arg(repo.join("tools/reference/bench_reference.py"))
             .args(["ann-hnsw", "--gallery"])
             .arg(&gallery)

@@ -40,11 +40,8 @@ pub struct InspectArgs {
     /// Rewrite the inspect section of this file (BENCHMARKS.md).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Where galleries, vectors and logs live (gitignored).
-    #[arg(long, default_value = "bench-models")]
-    pub models_dir: PathBuf,
-    #[arg(long, default_value = "python3")]
-    pub python: String,
+    #[command(flatten)]
+    pub reference: crate::ReferenceArgs,
     /// The `capmatch` binary (default: build it with cargo).
     #[arg(long)]
     pub capmatch_bin: Option<PathBuf>,
@@ -82,7 +79,7 @@ fn script(repo: &Path) -> PathBuf {
 
 pub fn run(args: InspectArgs, repo: &Path) -> Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let root = if args.models_dir.is_absolute() { args.models_dir.clone() } else { repo.join(&args.models_dir) };
+    let root = args.reference.models_root(repo);
     let base = root.join("inspect");
     std::fs::create_dir_all(base.join("logs"))?;
     let bin = match &args.capmatch_bin {
@@ -113,7 +110,7 @@ pub fn run(args: InspectArgs, repo: &Path) -> Result<()> {
 
             eprintln!("[bench] inspect · {n} images · round {} · faiss ...", round + 1);
             let log = base.join("logs").join(format!("ref-{n}-{round}.log"));
-            let mut cmd = Command::new(&args.python);
+            let mut cmd = Command::new(&args.reference.python);
             cmd.arg(script(repo)).args(["graph", "--dir"]).arg(&dir).args(["--k", &args.k.to_string(), "--threads", &threads.to_string()]);
             cmd.env("OMP_NUM_THREADS", threads.to_string());
             let exit = proc::run_measured(cmd, &log)?;
@@ -145,7 +142,7 @@ pub fn run(args: InspectArgs, repo: &Path) -> Result<()> {
 fn prepare(args: &InspectArgs, repo: &Path, dir: &Path, n: usize) -> Result<()> {
     if !dir.join("captions.npy").is_file() {
         eprintln!("[bench] making {n} clustered vectors ...");
-        let status = Command::new(&args.python)
+        let status = Command::new(&args.reference.python)
             .arg(script(repo))
             .args(["make", "--n", &n.to_string(), "--dim", &DIM.to_string(), "--seed", "1", "--out"])
             .arg(dir)

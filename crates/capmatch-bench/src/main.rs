@@ -809,6 +809,23 @@ fn index_model_only(
     Ok(())
 }
 
+/// Where a sub-benchmark keeps its data and which Python runs its reference side.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReferenceArgs {
+    /// Where checkpoints, galleries, vectors and logs live (gitignored).
+    #[arg(long, default_value = "bench-models")]
+    pub models_dir: PathBuf,
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+impl ReferenceArgs {
+    /// `models_dir`, relative to the project's root unless absolute.
+    pub fn models_root(&self, repo: &Path) -> PathBuf {
+        if self.models_dir.is_absolute() { self.models_dir.clone() } else { repo.join(&self.models_dir) }
+    }
+}
+
 /// Builds the real `capmatch` binary next to this one (same profile and target dir).
 pub(crate) fn build_capmatch() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;

@@ -1,6 +1,11 @@
 //! The timing statistics of a row: medians, the speed ratio from interleaved pairs of rounds,
 //! and whether the ratio and the two throughputs of the summary tell the same story.
 
+/// The `p` quantile (0..=1) of already sorted values, by the nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
 /// Median of `v` (the mean of the two middle values for an even count); NaN when empty.
 pub fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
@@ -48,6 +53,15 @@ pub fn throughput_ratio_if_different(ours: &[f64], reference: &[f64]) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentile_takes_the_nearest_rank() {
+        let v: Vec<f64> = (1..=101).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 51.0);
+        assert_eq!(percentile(&v, 0.99), 100.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+    }
 
     #[test]
     fn median_of_odd_even_unsorted_and_empty() {

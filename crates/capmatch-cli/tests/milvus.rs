@@ -9,15 +9,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn server() -> Option<String> {
-    match std::env::var("CAPMATCH_MILVUS_ADDR") {
-        Ok(a) if !a.is_empty() => Some(a),
-        _ => {
-            eprintln!("SKIPPED: set CAPMATCH_MILVUS_ADDR=HOST:PORT (scripts/milvus.sh start lite 19541) to run the Milvus tests");
-            None
-        }
-    }
-}
+use capmatch_milvus::test_server as server;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()

@@ -825,13 +825,7 @@ mod tests {
     use capmatch_retrieval::Target;
     use capmatch_store::contract::random_records;
 
-    fn server() -> Option<String> {
-        let server = std::env::var("CAPMATCH_MILVUS_ADDR").ok().filter(|a| !a.is_empty());
-        if server.is_none() {
-            eprintln!("SKIPPED: set CAPMATCH_MILVUS_ADDR=HOST:PORT to run the Milvus tests");
-        }
-        server
-    }
+    use crate::test_server as server;
 
     fn open(server: &str, collection: &str, writable: bool) -> Result<MilvusIndex> {
         let address = MilvusAddress::parse(&format!("milvus://{server}/{collection}"), None).unwrap();

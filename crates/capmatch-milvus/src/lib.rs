@@ -27,3 +27,17 @@ pub use address::{MilvusAddress, DATABASE_ENV, TOKEN_ENV};
 pub use error::MilvusError;
 pub use index::{MilvusIndex, MilvusOptions};
 pub use rpc::{DEFAULT_RETRY_WINDOW, RETRY_ENV};
+
+/// The variable naming the Milvus server (HOST:PORT) the tests run against; `.ci/run` sets
+/// it, and `scripts/milvus.sh start lite|server PORT` starts one.
+pub const TEST_SERVER_ENV: &str = "CAPMATCH_MILVUS_ADDR";
+
+/// The test server named by [`TEST_SERVER_ENV`]; without one, says on stderr that the
+/// calling test is skipped and returns `None`.
+pub fn test_server() -> Option<String> {
+    let server = std::env::var(TEST_SERVER_ENV).ok().filter(|a| !a.is_empty());
+    if server.is_none() {
+        eprintln!("SKIPPED: set {TEST_SERVER_ENV}=HOST:PORT (scripts/milvus.sh start lite 19541) to run the Milvus tests");
+    }
+    server
+}

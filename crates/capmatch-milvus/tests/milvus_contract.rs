@@ -6,15 +6,7 @@ use capmatch_milvus::{MilvusAddress, MilvusIndex, MilvusOptions};
 use capmatch_store::contract::{self, random_records, Harness};
 use capmatch_store::{VectorIndex, VectorQuery};
 
-fn server() -> Option<String> {
-    match std::env::var("CAPMATCH_MILVUS_ADDR") {
-        Ok(a) if !a.is_empty() => Some(a),
-        _ => {
-            eprintln!("SKIPPED: set CAPMATCH_MILVUS_ADDR=HOST:PORT (scripts/milvus.sh start lite 19541) to run the Milvus tests");
-            None
-        }
-    }
-}
+use capmatch_milvus::test_server as server;
 
 fn address(server: &str, collection: &str) -> MilvusAddress {
     MilvusAddress::parse(&format!("milvus://{server}/{collection}"), None).unwrap()
