@@ -321,12 +321,7 @@ pub fn run(args: MilvusArgs, repo: &Path) -> Result<()> {
     let section = report(&args, &version, &rows, &throughput);
     println!("{section}");
     if let Some(out) = &args.out {
-        let text = std::fs::read_to_string(out).unwrap_or_default();
-        let updated = match (text.find(BEGIN), text.find(END)) {
-            (Some(b), Some(e)) if b < e => format!("{}{section}{}", &text[..b], &text[e + END.len()..]),
-            _ => format!("{text}\n{section}\n"),
-        };
-        std::fs::write(out, updated)?;
+        crate::report::replace_section(out, &section, BEGIN, END)?;
     }
     Ok(())
 }

@@ -484,3 +484,30 @@ pub fn print_case(r: &CaseResult) {
 pub fn print_index(ix: &IndexResult) {
     eprint!("{}", index_section(ix));
 }
+
+/// Writes `section` (which starts with `begin` and ends with `end`) into the file `out` in
+/// place of the text between those markers, or appends it when they are absent.
+pub fn replace_section(out: &std::path::Path, section: &str, begin: &str, end: &str) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let updated = match (text.find(begin), text.find(end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &text[..b], &text[e + end.len()..]),
+        _ => format!("{text}\n{section}\n"),
+    };
+    std::fs::write(out, updated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_section;
+
+    #[test]
+    fn a_section_replaces_its_old_self_or_is_appended() {
+        let out = std::env::temp_dir().join(format!("capmatch-bench-section-{}.md", std::process::id()));
+        std::fs::write(&out, "# Top\n<!-- a -->\nold\n<!-- b -->\n# Tail\n").unwrap();
+        replace_section(&out, "<!-- a -->\nnew\n<!-- b -->", "<!-- a -->", "<!-- b -->").unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "# Top\n<!-- a -->\nnew\n<!-- b -->\n# Tail\n");
+        replace_section(&out, "<!-- c -->\nmore\n<!-- d -->", "<!-- c -->", "<!-- d -->").unwrap();
+        assert!(std::fs::read_to_string(&out).unwrap().ends_with("# Tail\n\n<!-- c -->\nmore\n<!-- d -->\n"));
+        std::fs::remove_file(&out).unwrap();
+    }
+}
