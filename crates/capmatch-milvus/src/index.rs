@@ -611,24 +611,9 @@ impl VectorIndex for MilvusIndex {
         if records.is_empty() {
             return Ok(());
         }
-        let dim = self.dim.unwrap_or(records[0].image.len());
-        if dim == 0 {
-            return Err(StoreError::InvalidInput("an image vector of dimension 0".into()));
-        }
-        let mut seen = HashSet::new();
-        for r in records {
-            if r.image.len() != dim {
-                return Err(StoreError::Dimension { expected: dim, found: r.image.len() });
-            }
-            if r.captions.is_empty() || r.captions.len() % dim != 0 {
-                return Err(StoreError::InvalidInput(format!("image {}: {} caption floats are not one or more vectors of {dim}", r.id, r.captions.len())));
-            }
-            if r.domain.len() > MAX_DOMAIN {
-                return Err(StoreError::InvalidInput(format!("image {}: a domain name longer than {MAX_DOMAIN} bytes", r.id)));
-            }
-            if !seen.insert(r.id) {
-                return Err(StoreError::InvalidInput(format!("image {} appears twice in one upsert", r.id)));
-            }
+        let dim = capmatch_store::check_records(records, self.dim)?;
+        if let Some(r) = records.iter().find(|r| r.domain.len() > MAX_DOMAIN) {
+            return Err(StoreError::InvalidInput(format!("image {}: a domain name longer than {MAX_DOMAIN} bytes", r.id)));
         }
         self.ensure_collections(dim)?;
         self.bump_generation()?;

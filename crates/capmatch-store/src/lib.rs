@@ -39,6 +39,6 @@ pub use exact::ExactIndex;
 pub use id::ImageId;
 pub use identity::ModelIdentity;
 pub use vector_index::{
-    keep_top_k_with_ties, Among, GraphProgress, IndexStats, NeighbourQuery, Neighbours, NoProgress, ShardCount, VectorHit, VectorIndex, VectorQuery,
+    check_records, keep_top_k_with_ties, Among, GraphProgress, IndexStats, NeighbourQuery, Neighbours, NoProgress, ShardCount, VectorHit, VectorIndex, VectorQuery,
     VectorRecord,
 };

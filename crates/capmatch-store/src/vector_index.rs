@@ -20,6 +20,8 @@
 
 use std::collections::HashSet;
 
+use crate::error::StoreError;
+
 use capmatch_retrieval::{components, same_rank_score, ComponentScores, GalleryVectors, QueryVectors, Target};
 use serde::Serialize;
 
@@ -220,6 +222,33 @@ pub trait VectorIndex: Send + Sync {
         Ok(false)
     }
     fn stats(&self) -> IndexStats;
+}
+
+/// The checks every backend makes before an upsert: one image vector of the index's
+/// dimension (`dim`, or the first record's for an empty index, never 0), one or more caption
+/// vectors of it, and no id twice. Returns the dimension. Non-empty `records` only.
+pub fn check_records(records: &[VectorRecord], dim: Option<usize>) -> Result<usize> {
+    let dim = dim.unwrap_or_else(|| records.first().map_or(0, |r| r.image.len()));
+    if dim == 0 {
+        return Err(StoreError::InvalidInput("an image vector of dimension 0".into()));
+    }
+    let mut seen = HashSet::new();
+    for r in records {
+        if r.image.len() != dim {
+            return Err(StoreError::Dimension { expected: dim, found: r.image.len() });
+        }
+        if r.captions.is_empty() || r.captions.len() % dim != 0 {
+            return Err(StoreError::InvalidInput(format!(
+                "image {}: {} caption floats are not one or more vectors of {dim}",
+                r.id,
+                r.captions.len()
+            )));
+        }
+        if !seen.insert(r.id) {
+            return Err(StoreError::InvalidInput(format!("image {} appears twice in one upsert", r.id)));
+        }
+    }
+    Ok(dim)
 }
 
 /// Keeps the `k` best of `hits` (in rank order) and every hit tied with the `k`-th.

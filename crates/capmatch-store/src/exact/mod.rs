@@ -469,29 +469,7 @@ impl VectorIndex for ExactIndex {
             return Ok(());
         }
         let mut m = self.snapshot.manifest.clone();
-        let dim = match m.dim {
-            Some(d) => d,
-            None => records[0].image.len(),
-        };
-        if dim == 0 {
-            return Err(StoreError::InvalidInput("an image vector of dimension 0".into()));
-        }
-        let mut seen = HashSet::new();
-        for r in records {
-            if r.image.len() != dim {
-                return Err(StoreError::Dimension { expected: dim, found: r.image.len() });
-            }
-            if r.captions.is_empty() || r.captions.len() % dim != 0 {
-                return Err(StoreError::InvalidInput(format!(
-                    "image {}: {} caption floats are not one or more vectors of {dim}",
-                    r.id,
-                    r.captions.len()
-                )));
-            }
-            if !seen.insert(r.id) {
-                return Err(StoreError::InvalidInput(format!("image {} appears twice in one upsert", r.id)));
-            }
-        }
+        let dim = crate::vector_index::check_records(records, m.dim)?;
         m.dim = Some(dim);
         let (mut images, mut captions, mut offsets, mut ids, mut domains) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut caption_rows = m.caption_rows;
