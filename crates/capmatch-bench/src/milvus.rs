@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Starts the real Milvus standalone server from PyPI (`scripts/milvus.sh start server
-//! PORT`, installed by `scripts/milvus.sh install`) on a fresh data folder. For each size:
+//! PORT`, installed by `scripts/milvus.sh install`), fresh (an empty data folder) for each
+//! size and again for the indexing runs. For each size:
 //! the clustered vectors of the `ann` benchmark (one caption per image, the same vector) are
 //! upserted into a collection through `MilvusIndex`, then each query is timed alone (caption
 //! mode, top 10; `MilvusIndex` answers exactly: Milvus' candidates re-scored from the stored
@@ -220,12 +221,17 @@ pub fn run(args: MilvusArgs, repo: &Path) -> Result<()> {
         bail!("scripts/milvus.sh install failed");
     }
     let port = args.port.to_string();
-    let _ = Command::new(&script).args(["wipe", "server", &port]).status();
-    let started = Command::new(&script).args(["start", "server", &port]).env("CAPMATCH_MILVUS_TICK_MS", args.tick_ms.to_string()).output()?;
-    if !started.status.success() {
-        bail!("starting the Milvus server failed: {}", String::from_utf8_lossy(&started.stderr));
-    }
-    let server_pid: u32 = String::from_utf8_lossy(&started.stdout).trim().parse().context("the server's pid")?;
+    // A fresh server (empty data folder) for each size and for the indexing runs: Milvus
+    // keeps a dropped collection's files for a day and its message log besides, so one
+    // server through 100k and 1M filled this machine's 24 GB of free disk.
+    let fresh_server = || -> Result<u32> {
+        let _ = Command::new(&script).args(["wipe", "server", &port]).status();
+        let started = Command::new(&script).args(["start", "server", &port]).env("CAPMATCH_MILVUS_TICK_MS", args.tick_ms.to_string()).output()?;
+        if !started.status.success() {
+            bail!("starting the Milvus server failed: {}", String::from_utf8_lossy(&started.stderr));
+        }
+        String::from_utf8_lossy(&started.stdout).trim().parse().context("the server's pid")
+    };
     let addr = format!("127.0.0.1:{port}");
     let version = proc::capture(repo.join(".milvus/venv-server/bin/pip").to_str().unwrap_or("pip"), &["show", "milvus"])
         .and_then(|s| s.lines().find(|l| l.starts_with("Version:")).map(|l| l[8..].trim().to_owned()))
@@ -241,6 +247,7 @@ pub fn run(args: MilvusArgs, repo: &Path) -> Result<()> {
             if !truth.is_file() || !exact_dir.is_dir() {
                 bail!("run `capmatch-bench ann --sizes {label}` first (it builds the exact store and the truth)");
             }
+            let server_pid = fresh_server()?;
             let idle = tree_rss_kb(server_pid);
             eprintln!("{label}: Milvus");
             let mut cmd = Command::new(&me);
@@ -292,6 +299,7 @@ pub fn run(args: MilvusArgs, repo: &Path) -> Result<()> {
         let work = root.join("milvus-index-dbs");
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work)?;
+        fresh_server()?;
         let mut throughput = serde_json::Map::new();
         for (name, shards) in [("local", 0u32), ("milvus, 1 shard", 1), ("milvus, 2 shards at once", 2)] {
             eprintln!("indexing: {name}");
