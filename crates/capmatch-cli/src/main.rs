@@ -125,6 +125,13 @@ pub struct GalleryModelArgs {
     /// [default: "a picture of" for BLIP, none for BLIP-2].
     #[arg(long)]
     pub prompt: Option<String>,
+    /// Longest caption, in new tokens [default: the captioner's generation config; BLIP: 20].
+    /// Not recorded in the index: images captioned by earlier runs keep their captions.
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Shortest caption, in new tokens (end of text is not chosen before) [default: none].
+    #[arg(long, value_name = "N")]
+    pub min_new_tokens: Option<usize>,
     /// Model precision [default: f32; BLIP-2 captioner weights bf16].
     #[arg(long, value_enum)]
     pub dtype: Option<Dtype>,

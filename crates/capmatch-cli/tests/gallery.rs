@@ -292,3 +292,41 @@ fn sigkill_mid_run_then_resume_finishes_with_no_duplicates_and_nothing_missing()
     expected_sorted.sort();
     assert_eq!(paths, expected_sorted);
 }
+
+/// `index --min-new-tokens/--max-new-tokens` caption exactly as `capmatch caption` does with
+/// the same lengths (issue 15's benchmark forces 12 new tokens), not as the default does; a
+/// shortest caption longer than the longest is refused before anything is indexed.
+#[test]
+fn index_captions_at_the_length_it_is_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("one.png");
+    real_images()[0].1.save(&image).unwrap();
+    let (image, dir) = (image.display().to_string(), dir.display().to_string());
+    let captioner = model_args()[3].clone();
+    let caption = |n: &str| -> String {
+        let (out, _) = ok(&strings(&["caption", &image, "--captioner", &captioner, "--min-new-tokens", n, "--max-new-tokens", n, "--json"]));
+        let rows: Value = serde_json::from_str(&out).unwrap();
+        rows[0]["caption"].as_str().unwrap().to_owned()
+    };
+    let (short, long) = (caption("3"), caption("12"));
+    assert_ne!(short, long, "the lengths must give different captions for this test to mean anything");
+    for (n, want) in [("3", &short), ("12", &long)] {
+        let db = tmp.path().join(format!("{n}.db")).display().to_string();
+        let mut index = strings(&["index", &dir, "--db", &db, "--min-new-tokens", n, "--max-new-tokens", n]);
+        index.extend(model_args());
+        ok(&index);
+        let (out, _) = ok(&strings(&["search", "--text", "anything", "--db", &db, "--json"]));
+        let hits: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(hits[0]["caption"].as_str(), Some(want.as_str()), "{n} new tokens: {out}");
+    }
+
+    let db = tmp.path().join("refused.db");
+    let mut index = strings(&["index", &dir, "--db", &db.display().to_string(), "--min-new-tokens", "5", "--max-new-tokens", "3"]);
+    index.extend(model_args());
+    let out = capmatch(&index);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("shortest caption (5 new tokens) is longer than the longest (3)"), "{stderr}");
+    assert!(!db.exists(), "nothing is created for a refused run");
+}

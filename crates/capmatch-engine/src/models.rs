@@ -63,12 +63,26 @@ pub struct ModelConfig {
     /// Text the caption continues; `None`: the architecture's default ("a picture of" for
     /// BLIP, none for BLIP-2); `Some("")`: unconditional.
     pub prompt: Option<String>,
+    /// Longest caption in new tokens; `None`: the checkpoint's generation config (BLIP: 20).
+    pub max_new_tokens: Option<usize>,
+    /// Shortest caption in new tokens (end of text is not chosen before); `None`: no minimum.
+    /// Neither length is part of the index's identity: like `dtype` and the batch size, they
+    /// are how this run captions, and images captioned by an earlier run keep their captions.
+    pub min_new_tokens: Option<usize>,
     pub device: Device,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { clip: DEFAULT_CLIP.into(), captioner: DEFAULT_CAPTIONER.into(), dtype: None, prompt: None, device: Device::Cpu }
+        Self {
+            clip: DEFAULT_CLIP.into(),
+            captioner: DEFAULT_CAPTIONER.into(),
+            dtype: None,
+            prompt: None,
+            max_new_tokens: None,
+            min_new_tokens: None,
+            device: Device::Cpu,
+        }
     }
 }
 
@@ -148,6 +162,16 @@ impl Models {
     /// The models of `config`, for indexing (both resolved now, loaded later).
     pub fn new(config: &ModelConfig) -> Result<Self> {
         let clip = Checkpoint::resolve(&config.clip, ModelKind::Clip)?;
+        if let (Some(min), Some(max)) = (config.min_new_tokens, config.max_new_tokens) {
+            if min > max {
+                return Err(EngineError::InvalidRequest(format!(
+                    "the shortest caption ({min} new tokens) is longer than the longest ({max})"
+                )));
+            }
+        }
+        if config.max_new_tokens == Some(0) {
+            return Err(EngineError::InvalidRequest("captions of at most 0 new tokens would be empty".into()));
+        }
         let captioner = Checkpoint::resolve(&config.captioner, ModelKind::Captioner)?;
         let (captioner_dtype, prompt) = captioner_settings(&captioner, config.dtype, config.prompt.as_deref())?;
         let identity = ModelIdentity {
@@ -162,7 +186,12 @@ impl Models {
             captioner: Some(captioner),
             clip_dtype: config.dtype.unwrap_or(Dtype::F32),
             captioner_dtype,
-            options: CaptionOptions { prompt, ..CaptionOptions::default() },
+            options: CaptionOptions {
+                prompt,
+                max_new_tokens: config.max_new_tokens,
+                min_new_tokens: config.min_new_tokens,
+                ..CaptionOptions::default()
+            },
             device: config.device.clone(),
             identity,
             loaded_clip: OnceLock::new(),

@@ -180,6 +180,7 @@ pub fn open_engine(config: &ServerConfig, writable: bool) -> anyhow::Result<Engi
             dtype: choice.dtype,
             prompt: choice.prompt.clone().or_else(|| recorded.as_ref().filter(|_| choice.captioner.is_none()).map(|r| r.prompt.clone())),
             device: choice.device.clone(),
+            ..ModelConfig::default()
         };
         let models = Arc::new(Models::new(&model_config)?);
         Engine::open_writer_in(&db, &config.store, Shard::ALL, models, false, &|_| {}).map_err(|e| match e {

@@ -27,6 +27,8 @@ pub fn gallery_models(args: &GalleryModelArgs) -> anyhow::Result<Arc<Models>> {
         captioner: args.captioner.captioner.clone(),
         dtype: args.dtype.map(Dtype::engine),
         prompt: args.prompt.clone(),
+        max_new_tokens: args.max_new_tokens,
+        min_new_tokens: args.min_new_tokens,
         device: device(&args.device)?,
     };
     Ok(Arc::new(Models::new(&config)?))
