@@ -39,7 +39,7 @@ ours_secs=()
 python_secs=()
 python_pipeline=()
 for r in $(seq 1 "$rounds"); do
-    rm -f "$work"/ours.db*
+    rm -rf "$work"/ours.db*
     start=$(now)
     RAYON_NUM_THREADS=$threads CANDLE_NUM_THREADS=$threads "$bin" index "$work/photos" --db "$work/ours.db" \
         --clip "$clip" --captioner "$captioner" --batch 8 --dtype "$dtype" \

@@ -88,7 +88,7 @@ pub fn caption(args: &WorkerArgs) -> Result<(Value, CallFn)> {
 /// The model work of `capmatch index` on the images it adds beyond its small folder, done
 /// the way the indexer does it: batches of `--batch` images, each captioned with the
 /// captioner's defaults (BLIP: prompt "a picture of", greedy, stop at [SEP] or after 20
-/// tokens, as `capmatch index` has no token options), its captions embedded, its images
+/// tokens, the defaults of `capmatch index`), its captions embedded, its images
 /// embedded; f32. The files are decoded once before timing (decoding is the indexer's
 /// overhead, not model work). Outputs: the captions and their token ids, so that the harness
 /// can count the generated tokens and check the captions against the index's.

@@ -274,7 +274,7 @@ impl Report {
              other files, with start-up left out. Model-only = the same files' model work timed alone by \
              `capmatch-bench worker index-models`, done as the indexer does it: decoded beforehand, batches of 8, \
              captioned with the captioner's defaults (BLIP: prompt \"a picture of\", greedy, up to 20 new tokens, \
-             stopping at [SEP], as `capmatch index` has no token options), captions and images embedded, f32. Its \
+             stopping at [SEP]: `capmatch index`'s defaults), captions and images embedded, f32. Its \
              captions are compared with those the index stored: identical captions mean the same generated tokens on \
              both sides, whose count is reported.\n",
         );
