@@ -11,8 +11,10 @@
 #   scripts/milvus.sh wipe KIND PORT       stops it and deletes its data
 #   scripts/milvus.sh restart KIND PORT    stops it and starts it again on its data (the
 #                                           tests' "server restarted mid-run")
-# The standalone server also opens its internal ports (etcd, coordinators); they are moved
-# by PORT's offset from 19530 so that two servers can run side by side.
+# The standalone server also opens its internal ports (coordinators); they are moved by
+# PORT's offset from 19530, but its embedded etcd (2379) and metrics (9091) ports stay where
+# they are whatever the flags say: run one standalone server at a time (a lite server
+# beside it is fine; a second standalone one never answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=.milvus
