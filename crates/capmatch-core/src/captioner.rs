@@ -59,6 +59,26 @@ impl Default for CaptionOptions {
     }
 }
 
+impl CaptionOptions {
+    /// Refuses settings no caption can be made with, before any image is decoded or model
+    /// loaded: an empty longest caption, a shortest caption longer than the longest (which
+    /// transformers only warns about, then cuts at the longest), no beam.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_new_tokens == Some(0) {
+            return Err("captions of at most 0 new tokens would be empty".into());
+        }
+        if let (Some(min), Some(max)) = (self.min_new_tokens, self.max_new_tokens) {
+            if min > max {
+                return Err(format!("the shortest caption ({min} new tokens) is longer than the longest ({max})"));
+            }
+        }
+        if self.num_beams == Some(0) {
+            return Err("beam search needs at least 1 beam".into());
+        }
+        Ok(())
+    }
+}
+
 /// The conventional BLIP captioning prompt.
 pub const DEFAULT_PROMPT: &str = "a picture of";
 
@@ -375,6 +395,20 @@ fn load_image_processor(dir: &Path) -> anyhow::Result<ImageProcessor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_no_caption_can_be_made_with_are_refused() {
+        let with = |max, min, beams| CaptionOptions { max_new_tokens: max, min_new_tokens: min, num_beams: beams, ..Default::default() };
+        assert_eq!(with(None, None, None).check(), Ok(()));
+        assert_eq!(with(Some(12), Some(12), Some(3)).check(), Ok(()));
+        assert_eq!(with(None, Some(40), None).check(), Ok(()));
+        assert!(with(Some(0), None, None).check().unwrap_err().contains("at most 0 new tokens"));
+        assert_eq!(
+            with(Some(3), Some(5), None).check().unwrap_err(),
+            "the shortest caption (5 new tokens) is longer than the longest (3)"
+        );
+        assert!(with(None, None, Some(0)).check().unwrap_err().contains("at least 1 beam"));
+    }
 
     #[test]
     fn architecture_comes_from_config() {

@@ -161,17 +161,13 @@ pub struct Models {
 impl Models {
     /// The models of `config`, for indexing (both resolved now, loaded later).
     pub fn new(config: &ModelConfig) -> Result<Self> {
+        let lengths = CaptionOptions {
+            max_new_tokens: config.max_new_tokens,
+            min_new_tokens: config.min_new_tokens,
+            ..CaptionOptions::default()
+        };
+        lengths.check().map_err(EngineError::InvalidRequest)?;
         let clip = Checkpoint::resolve(&config.clip, ModelKind::Clip)?;
-        if let (Some(min), Some(max)) = (config.min_new_tokens, config.max_new_tokens) {
-            if min > max {
-                return Err(EngineError::InvalidRequest(format!(
-                    "the shortest caption ({min} new tokens) is longer than the longest ({max})"
-                )));
-            }
-        }
-        if config.max_new_tokens == Some(0) {
-            return Err(EngineError::InvalidRequest("captions of at most 0 new tokens would be empty".into()));
-        }
         let captioner = Checkpoint::resolve(&config.captioner, ModelKind::Captioner)?;
         let (captioner_dtype, prompt) = captioner_settings(&captioner, config.dtype, config.prompt.as_deref())?;
         let identity = ModelIdentity {
@@ -186,12 +182,7 @@ impl Models {
             captioner: Some(captioner),
             clip_dtype: config.dtype.unwrap_or(Dtype::F32),
             captioner_dtype,
-            options: CaptionOptions {
-                prompt,
-                max_new_tokens: config.max_new_tokens,
-                min_new_tokens: config.min_new_tokens,
-                ..CaptionOptions::default()
-            },
+            options: CaptionOptions { prompt, ..lengths },
             device: config.device.clone(),
             identity,
             loaded_clip: OnceLock::new(),

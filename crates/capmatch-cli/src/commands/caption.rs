@@ -17,18 +17,17 @@ struct Captioned {
 }
 
 pub fn run(args: CaptionArgs) -> anyhow::Result<()> {
-    if args.beams == Some(0) {
-        anyhow::bail!("--beams must be at least 1");
-    }
-    let images = decode_all(&args.images)?;
-    let (model, prompt) =
-        load_captioner_arg(&args.captioner.captioner, args.dtype, args.prompt.as_deref(), &device(&args.device)?)?;
-    let options = CaptionOptions {
-        prompt,
+    let settings = CaptionOptions {
         max_new_tokens: args.max_new_tokens,
         min_new_tokens: args.min_new_tokens,
         num_beams: args.beams,
+        ..CaptionOptions::default()
     };
+    settings.check().map_err(anyhow::Error::msg)?;
+    let images = decode_all(&args.images)?;
+    let (model, prompt) =
+        load_captioner_arg(&args.captioner.captioner, args.dtype, args.prompt.as_deref(), &device(&args.device)?)?;
+    let options = CaptionOptions { prompt, ..settings };
 
     let mut rows = Vec::with_capacity(images.len());
     for (paths, batch) in args.images.chunks(BATCH).zip(images.chunks(BATCH)) {
