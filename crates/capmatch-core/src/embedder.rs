@@ -5,16 +5,23 @@
 //! `embed_*` methods return projected, L2-normalised embeddings as `f32`, whatever dtype the
 //! towers run in — what `get_*_features(...) / norm` gives in transformers.
 //!
+//! Each tower is built from the checkpoint the first time it is used, not at load: a process
+//! that only embeds texts (a text-search server, `capmatch search --text`) never reads the
+//! vision weights, and one that only embeds images never reads the text weights. The
+//! checkpoint stays memory-mapped in between (address space, not memory: the pages of a
+//! tensor are handed back once it is copied out, see [`crate::checkpoint`]).
+//!
 //! Texts are tokenized as `tokenizer(texts, truncation=True, padding=True)` does: truncated to
 //! the model's context (`max_position_embeddings`, or the tokenizer's `model_max_length` when
 //! smaller; the end-of-text token is kept), padded with the tokenizer's pad token, with an
 //! attention mask.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use capmatch_models::clip::{l2_normalize, ClipConfig, ClipModel};
+use capmatch_models::clip::{l2_normalize, ClipConfig, ClipTextTower, ClipVisionTower};
 use capmatch_models::Loader;
 use image::RgbImage;
 use tokenizers::{Tokenizer, TruncationParams};
@@ -27,7 +34,10 @@ use crate::LoadOptions;
 const MAX_BATCH: usize = 32;
 
 pub struct ClipEmbedder {
-    model: ClipModel,
+    /// The checkpoint, kept mapped to build each tower on its first use.
+    weights: Loader<'static>,
+    text: LazyTower<ClipTextTower>,
+    vision: LazyTower<ClipVisionTower>,
     config: ClipConfig,
     tokenizer: Tokenizer,
     processor: ImageProcessor,
@@ -45,6 +55,7 @@ impl std::fmt::Debug for ClipEmbedder {
             .field("dtype", &self.dtype)
             .field("dim", &self.dim())
             .field("max_len", &self.max_len)
+            .field("towers_built", &self.towers_built())
             .finish()
     }
 }
@@ -69,14 +80,61 @@ impl ClipEmbedder {
         let processor = ImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;
         let (tokenizer, max_len, pad_id) = load_tokenizer(dir, config.text_config.max_position_embeddings)?;
 
-        let vb = Loader::new(load_weights(dir, dtype, device)?, kernels);
-        let model = ClipModel::new(vb, &config).with_context(|| format!("building CLIP from {}", dir.display()))?;
-        Ok(Self { model, config, tokenizer, processor, device: device.clone(), dtype, max_len, pad_id, dir: dir.to_path_buf() })
+        let weights = Loader::new(load_weights(dir, dtype, device)?, kernels);
+        // What a tower needs is checked now, so that a checkpoint without one is refused at
+        // load and not at its first use.
+        for name in ["text_projection.weight", "visual_projection.weight"] {
+            if !weights.contains_tensor(name) {
+                bail!("{} is not a CLIP checkpoint: it has no tensor {name}", dir.display());
+            }
+        }
+        Ok(Self {
+            weights,
+            text: LazyTower::default(),
+            vision: LazyTower::default(),
+            config,
+            tokenizer,
+            processor,
+            device: device.clone(),
+            dtype,
+            max_len,
+            pad_id,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The text tower, built on first use.
+    fn text_tower(&self) -> Result<&ClipTextTower> {
+        self.text.get_or_build(|| {
+            ClipTextTower::new(self.weights.clone(), &self.config)
+                .with_context(|| format!("building CLIP's text tower from {}", self.dir.display()))
+        })
+    }
+
+    /// The vision tower, built on first use.
+    fn vision_tower(&self) -> Result<&ClipVisionTower> {
+        self.vision.get_or_build(|| {
+            ClipVisionTower::new(self.weights.clone(), &self.config)
+                .with_context(|| format!("building CLIP's vision tower from {}", self.dir.display()))
+        })
+    }
+
+    /// Builds both towers now (what a process that will embed both wants at start, so that
+    /// a broken checkpoint fails before any work, and the first request is not slow).
+    pub fn load_both_towers(&self) -> Result<()> {
+        self.text_tower()?;
+        self.vision_tower()?;
+        Ok(())
+    }
+
+    /// Which towers have been built so far: `(text, vision)`.
+    pub fn towers_built(&self) -> (bool, bool) {
+        (self.text.is_built(), self.vision.is_built())
     }
 
     /// Length of the embeddings (`projection_dim`).
     pub fn dim(&self) -> usize {
-        self.model.projection_dim()
+        self.config.projection_dim
     }
 
     pub fn dtype(&self) -> DType {
@@ -114,10 +172,11 @@ impl ClipEmbedder {
     /// L2-normalised image embeddings, one `dim()`-long vector per image. With the fused
     /// kernels an image's vector is the same bits whatever other images it is embedded with.
     pub fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        let tower = self.vision_tower()?;
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(MAX_BATCH) {
             let pixels = self.pixel_values(chunk)?;
-            let features = self.model.get_image_features(&pixels)?;
+            let features = tower.get_image_features(&pixels)?;
             out.extend(normalized_rows(&features)?);
         }
         Ok(out)
@@ -127,10 +186,11 @@ impl ClipEmbedder {
     /// kernels a text's vector is the same bits whatever other texts (of whatever lengths)
     /// it is embedded with.
     pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let tower = self.text_tower()?;
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(MAX_BATCH) {
             let (ids, mask) = self.encode_batch(chunk)?;
-            let features = self.model.get_text_features(&ids, Some(&mask))?;
+            let features = tower.get_text_features(&ids, Some(&mask))?;
             out.extend(normalized_rows(&features)?);
         }
         Ok(out)
@@ -154,6 +214,36 @@ impl ClipEmbedder {
 }
 
 /// (B, D) features of any dtype -> B rows of f32, each of unit L2 norm.
+/// A tower built once, by the first caller that needs it (later callers wait for it).
+struct LazyTower<T> {
+    tower: OnceLock<T>,
+    building: Mutex<()>,
+}
+
+impl<T> Default for LazyTower<T> {
+    fn default() -> Self {
+        Self { tower: OnceLock::new(), building: Mutex::new(()) }
+    }
+}
+
+impl<T> LazyTower<T> {
+    fn get_or_build(&self, build: impl FnOnce() -> Result<T>) -> Result<&T> {
+        if let Some(tower) = self.tower.get() {
+            return Ok(tower);
+        }
+        let _building = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tower) = self.tower.get() {
+            return Ok(tower);
+        }
+        let tower = build()?;
+        Ok(self.tower.get_or_init(|| tower))
+    }
+
+    fn is_built(&self) -> bool {
+        self.tower.get().is_some()
+    }
+}
+
 fn normalized_rows(features: &Tensor) -> Result<Vec<Vec<f32>>> {
     let f = l2_normalize(&features.to_dtype(DType::F32)?)?;
     Ok(f.to_vec2::<f32>()?)

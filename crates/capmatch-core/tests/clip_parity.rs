@@ -280,6 +280,52 @@ fn embedder_reports_its_geometry() {
     }
 }
 
+/// Each tower is built when it is first used, so a process that only embeds texts never
+/// reads the vision weights (issue 15: a text-only server's memory); the vectors are the
+/// same as when both towers are built first.
+#[test]
+fn towers_are_built_on_first_use() {
+    for dir in fixture_dirs() {
+        let fx = Fixture::load(&dir);
+        let texts: Vec<&str> = fx.texts.iter().map(String::as_str).collect();
+        let imgs: Vec<RgbImage> = fx.images.iter().map(|(_, _, i)| i.clone()).collect();
+
+        let text_only = ClipEmbedder::load(&dir, DType::F32).unwrap();
+        assert_eq!(text_only.towers_built(), (false, false), "{}: nothing is built at load", fx.name());
+        let text_vectors = text_only.embed_texts(&texts).unwrap();
+        assert_eq!(text_only.towers_built(), (true, false), "{}: texts build the text tower only", fx.name());
+
+        let image_only = ClipEmbedder::load(&dir, DType::F32).unwrap();
+        let image_vectors = image_only.embed_images(&imgs).unwrap();
+        assert_eq!(image_only.towers_built(), (false, true), "{}: images build the vision tower only", fx.name());
+
+        let both = ClipEmbedder::load(&dir, DType::F32).unwrap();
+        both.load_both_towers().unwrap();
+        assert_eq!(both.towers_built(), (true, true));
+        assert_eq!(both.embed_texts(&texts).unwrap(), text_vectors, "{}: text vectors", fx.name());
+        assert_eq!(both.embed_images(&imgs).unwrap(), image_vectors, "{}: image vectors", fx.name());
+    }
+}
+
+/// A checkpoint without one of the towers is refused at load, not at its first use.
+#[test]
+fn a_checkpoint_without_a_tower_is_refused_at_load() {
+    let dir = &fixture_dirs()[0];
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json" || e == "txt") {
+            std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    // The weights without the vision tower's projection.
+    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let kept: HashMap<String, Tensor> = weights.into_iter().filter(|(name, _)| name != "visual_projection.weight").collect();
+    candle_core::safetensors::save(&kept, tmp.path().join("model.safetensors")).unwrap();
+    let err = ClipEmbedder::load(tmp.path(), DType::F32).unwrap_err().to_string();
+    assert!(err.contains("visual_projection.weight"), "{err}");
+}
+
 /// A full-size random checkpoint (not committed):
 ///   python3 tools/reference/make_random_checkpoint.py clip-vit-base-patch32 /tmp/clip-b32
 ///   CAPMATCH_CLIP_FULL_DIR=/tmp/clip-b32 cargo test --release -p capmatch-core --test clip_parity -- --ignored

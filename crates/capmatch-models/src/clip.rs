@@ -576,13 +576,59 @@ impl ClipVisionTransformer {
 
 // ------------------------------------------------------------------------------------ model
 
+/// The text half of `CLIPModel`: `text_model.*` and `text_projection`. Built on its own so
+/// that a process that only embeds texts (a text-search server) never reads the vision
+/// weights, and the other way round.
+#[derive(Debug, Clone)]
+pub struct ClipTextTower {
+    pub text_model: ClipTextTransformer,
+    text_projection: Lin,
+}
+
+impl ClipTextTower {
+    /// `vb` at the checkpoint's root, as for [`ClipModel::new`].
+    pub fn new<'a>(vb: impl Into<Loader<'a>>, cfg: &ClipConfig) -> Result<Self> {
+        let vb = vb.into();
+        Ok(Self {
+            text_model: ClipTextTransformer::new(vb.pp("text_model"), &cfg.text_config)?,
+            text_projection: Lin::load(cfg.text_config.hidden_size, cfg.projection_dim, false, vb.pp("text_projection"))?,
+        })
+    }
+
+    /// (B, L) ids -> (B, projection_dim), not normalised.
+    pub fn get_text_features(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        self.text_projection.forward(&self.text_model.forward(input_ids, attention_mask)?)
+    }
+}
+
+/// The vision half of `CLIPModel`: `vision_model.*` and `visual_projection`.
+#[derive(Debug, Clone)]
+pub struct ClipVisionTower {
+    pub vision_model: ClipVisionTransformer,
+    visual_projection: Lin,
+}
+
+impl ClipVisionTower {
+    /// `vb` at the checkpoint's root, as for [`ClipModel::new`].
+    pub fn new<'a>(vb: impl Into<Loader<'a>>, cfg: &ClipConfig) -> Result<Self> {
+        let vb = vb.into();
+        Ok(Self {
+            vision_model: ClipVisionTransformer::new(vb.pp("vision_model"), &cfg.vision_config)?,
+            visual_projection: Lin::load(cfg.vision_config.hidden_size, cfg.projection_dim, false, vb.pp("visual_projection"))?,
+        })
+    }
+
+    /// (B, C, S, S) pixels (any float dtype) -> (B, projection_dim), not normalised.
+    pub fn get_image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.visual_projection.forward(&self.vision_model.forward(pixel_values)?)
+    }
+}
+
 /// transformers' `CLIPModel`: both towers and their projections.
 #[derive(Debug, Clone)]
 pub struct ClipModel {
-    pub text_model: ClipTextTransformer,
-    pub vision_model: ClipVisionTransformer,
-    visual_projection: Lin,
-    text_projection: Lin,
+    pub text: ClipTextTower,
+    pub vision: ClipVisionTower,
     projection_dim: usize,
 }
 
@@ -594,10 +640,8 @@ impl ClipModel {
     pub fn new<'a>(vb: impl Into<Loader<'a>>, cfg: &ClipConfig) -> Result<Self> {
         let vb = vb.into();
         Ok(Self {
-            text_model: ClipTextTransformer::new(vb.pp("text_model"), &cfg.text_config)?,
-            vision_model: ClipVisionTransformer::new(vb.pp("vision_model"), &cfg.vision_config)?,
-            visual_projection: Lin::load(cfg.vision_config.hidden_size, cfg.projection_dim, false, vb.pp("visual_projection"))?,
-            text_projection: Lin::load(cfg.text_config.hidden_size, cfg.projection_dim, false, vb.pp("text_projection"))?,
+            text: ClipTextTower::new(vb.clone(), cfg)?,
+            vision: ClipVisionTower::new(vb, cfg)?,
             projection_dim: cfg.projection_dim,
         })
     }
@@ -608,12 +652,12 @@ impl ClipModel {
 
     /// (B, C, S, S) pixels (any float dtype) -> (B, projection_dim), not normalised.
     pub fn get_image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.visual_projection.forward(&self.vision_model.forward(pixel_values)?)
+        self.vision.get_image_features(pixel_values)
     }
 
     /// (B, L) ids -> (B, projection_dim), not normalised.
     pub fn get_text_features(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
-        self.text_projection.forward(&self.text_model.forward(input_ids, attention_mask)?)
+        self.text.get_text_features(input_ids, attention_mask)
     }
 }
 

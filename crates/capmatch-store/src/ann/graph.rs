@@ -34,8 +34,8 @@ impl Default for GraphParams {
 
 /// The graph's scalar type: vectors are stored as bf16, half the f32 bytes. Its cosines are
 /// within about 1e-2 of the f32 ones, enough to find the candidates; re-ranking from f32
-/// restores their exact order. (Built without NumKong, usearch's bf16 inner product
-/// vectorises on any x86-64, where its f16 one converts element by element.)
+/// restores their exact order. The distance is ours (`super::distance`): a bf16 value
+/// widens to an f32 with one integer instruction, where an f16 needs F16C.
 const QUANTIZATION: ScalarKind = ScalarKind::BF16;
 const QUANTIZATION_NAME: &str = "bf16";
 
@@ -91,6 +91,21 @@ fn backend(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("{what}: {e}"))
 }
 
+/// Gives `index` our bf16 distance in place of usearch's own (see `super::distance`).
+/// Needed after every `Index::new`, `view` and `load`: usearch resets the metric to its
+/// built-in one from the file header when it opens a graph.
+fn install_distance(index: &mut Index, dim: usize) {
+    let distance = super::distance::bf16_ip_distance();
+    index.change_metric::<f32>(Box::new(move |a: *const f32, b: *const f32| {
+        #[allow(unsafe_code)]
+        // SAFETY: usearch calls the metric with two of its stored vectors (or a query it cast
+        // to the same scalar type), each `dim` bf16 values, whatever the closure's pointer
+        // type says: the index's scalar type is `QUANTIZATION`, bf16.
+        let (a, b) = unsafe { (std::slice::from_raw_parts(a.cast::<u16>(), dim), std::slice::from_raw_parts(b.cast::<u16>(), dim)) };
+        distance(a, b)
+    }));
+}
+
 fn options(dim: usize, multi: bool, params: GraphParams) -> IndexOptions {
     IndexOptions {
         dimensions: dim,
@@ -107,7 +122,8 @@ fn options(dim: usize, multi: bool, params: GraphParams) -> IndexOptions {
 impl Graph {
     /// An empty graph in memory, with room for `capacity` vectors.
     pub(crate) fn new(dim: usize, multi: bool, params: GraphParams, capacity: usize) -> Result<Self> {
-        let index = Index::new(&options(dim, multi, params)).map_err(|e| backend("creating a graph", e))?;
+        let mut index = Index::new(&options(dim, multi, params)).map_err(|e| backend("creating a graph", e))?;
+        install_distance(&mut index, dim);
         let graph = Self { index, map: None, searches: SearchSlots::new() };
         graph.reserve(capacity)?;
         Ok(graph)
@@ -136,21 +152,23 @@ impl Graph {
         if meta.count_present != expected.vectors {
             return mismatch(format!("{} vectors where the manifest records {}", meta.count_present, expected.vectors));
         }
-        let index = Index::new(&meta.into()).map_err(|e| backend("opening a graph", e))?;
+        let mut index = Index::new(&meta.into()).map_err(|e| backend("opening a graph", e))?;
         #[allow(unsafe_code)]
         // SAFETY: the view points into `map`, which `Graph` owns and drops after `index`;
         // graph files are never modified once written (a merge writes a new file).
         unsafe { index.view_from_buffer(&map) }.map_err(|e| StoreError::corrupt(path, format!("unreadable graph: {e}")))?;
+        install_distance(&mut index, dim);
         Ok(Self { index, map: Some(map), searches: SearchSlots::new() })
     }
 
     /// An owned copy of the graph file `path` (checked as [`Graph::view`] does), to add to.
     pub(crate) fn load(path: &Path, expected: &GraphFile, dim: usize, multi: bool) -> Result<Self> {
         let viewed = Self::view(path, expected, dim, multi)?;
-        let index = Index::new(&options(dim, multi, GraphParams::default())).map_err(|e| backend("creating a graph", e))?;
+        let mut index = Index::new(&options(dim, multi, GraphParams::default())).map_err(|e| backend("creating a graph", e))?;
         index
             .load_from_buffer(viewed.map.as_deref().expect("a view has its map"))
             .map_err(|e| StoreError::corrupt(path, format!("unreadable graph: {e}")))?;
+        install_distance(&mut index, dim);
         Ok(Self { index, map: None, searches: SearchSlots::new() })
     }
 

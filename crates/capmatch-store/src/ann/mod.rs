@@ -52,6 +52,7 @@
 //! another dimension or other models are refused with a message ([`AnnStatus`]); the index
 //! then answers every search by the exact path, and `capmatch ann build` replaces the files.
 
+mod distance;
 mod graph;
 mod manifest;
 mod tune;
@@ -77,6 +78,11 @@ use crate::vector_index::{IndexStats, VectorHit, VectorIndex, VectorQuery, Vecto
 /// the order the bf16 graph found them in; the spare candidates cover what the bf16 ordering
 /// and a multi-caption image (one key found several times) push out of the first `k`.
 pub const OVERSAMPLE: usize = 4;
+
+/// The kernel the graphs' bf16 distance runs on, on this CPU (`avx2+fma` or `portable`).
+pub fn distance_kernel() -> &'static str {
+    distance::kernel_name()
+}
 
 /// efSearch before any tuning.
 pub const DEFAULT_BREADTH: usize = 64;
