@@ -532,15 +532,15 @@ impl BlipTextLMHeadModel {
         let word_embeddings = Emb::load(cfg.vocab_size, h, emb.pp("word_embeddings"))?;
         let pred = vb.pp("cls.predictions");
         // Tied weights (`_tied_weights_keys`): saved checkpoints omit `decoder.weight` / `decoder.bias`.
-        let weight = if pred.contains_tensor("decoder.weight") {
-            pred.get((cfg.vocab_size, h), "decoder.weight")?
-        } else {
-            word_embeddings.table().clone()
-        };
         let bias = if pred.contains_tensor("bias") {
             pred.get(cfg.vocab_size, "bias")?
         } else {
             pred.get(cfg.vocab_size, "decoder.bias")?
+        };
+        let (word_embeddings, decoder) = if pred.contains_tensor("decoder.weight") {
+            (word_embeddings, Lin::new(pred.get((cfg.vocab_size, h), "decoder.weight")?, Some(bias), vb.kernels())?)
+        } else {
+            word_embeddings.tie_head(Some(bias), vb.kernels())?
         };
         Ok(Self {
             word_embeddings,
@@ -551,7 +551,7 @@ impl BlipTextLMHeadModel {
                 .collect::<Result<_>>()?,
             transform_dense: Lin::load(h, h, true, pred.pp("transform.dense"))?,
             transform_norm: layer_norm(h, cfg.layer_norm_eps, pred.pp("transform.LayerNorm"))?,
-            decoder: Lin::new(weight, Some(bias), vb.kernels())?,
+            decoder,
             config: cfg.clone(),
         })
     }

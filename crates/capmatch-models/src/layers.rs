@@ -139,11 +139,6 @@ impl Lin {
         Self::new(weight, bias, vb.kernels())
     }
 
-    /// A bias-free projection on an existing `(out, in)` matrix (a tied LM head).
-    pub fn from_weight(weight: Tensor, kernels: Kernels) -> Result<Self> {
-        Self::new(weight, None, kernels)
-    }
-
     /// From an `(out, in)` weight and an optional bias, in their storage dtype.
     pub fn new(weight: Tensor, bias: Option<Tensor>, kernels: Kernels) -> Result<Self> {
         let (storage, device) = (weight.dtype(), weight.device().clone());
@@ -226,17 +221,39 @@ pub fn get_compute<S: Into<candle_core::Shape>>(vb: &Loader, shape: S, name: &st
 /// `nn.Embedding` whose table stays in storage dtype; looked-up rows come out in compute dtype.
 #[derive(Debug, Clone)]
 pub struct Emb {
-    table: Tensor,
+    rows: EmbRows,
+    dim: usize,
     compute: DType,
+}
+
+/// Where an embedding's rows are read from.
+#[derive(Debug, Clone)]
+enum EmbRows {
+    Table(Tensor),
+    /// The packed weight of the LM head tied to this table (see [`Emb::tie_head`]).
+    Head(Arc<Dense>),
 }
 
 impl Emb {
     pub fn load(count: usize, dim: usize, vb: Loader) -> Result<Self> {
-        Ok(Self { table: vb.get((count, dim), "weight")?, compute: vb.compute_dtype() })
+        Ok(Self { rows: EmbRows::Table(vb.get((count, dim), "weight")?), dim, compute: vb.compute_dtype() })
     }
 
-    pub fn table(&self) -> &Tensor {
-        &self.table
+    /// An LM head tied to this table (`logits = h · tableᵀ + bias`, the same matrix, as
+    /// checkpoints that omit the head's weight mean), and the table, keeping one copy of the
+    /// matrix. On the fused CPU kernels the head packs the matrix and the lookups read it
+    /// back from there, so the table itself is dropped (for OPT-2.7b, 257 MB of bf16);
+    /// elsewhere both share the one tensor.
+    pub fn tie_head(self, bias: Option<Tensor>, kernels: Kernels) -> Result<(Self, Lin)> {
+        let EmbRows::Table(table) = &self.rows else {
+            candle_core::bail!("this embedding is already tied to a head");
+        };
+        let head = Lin::new(table.clone(), bias, kernels)?;
+        let emb = match &head.kind {
+            LinKind::Cpu(dense) => Self { rows: EmbRows::Head(dense.clone()), ..self },
+            LinKind::Stored { .. } => self,
+        };
+        Ok((emb, head))
     }
 
     pub fn compute_dtype(&self) -> DType {
@@ -246,11 +263,59 @@ impl Emb {
 
 impl Module for Emb {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let dims = ids.dims().to_vec();
-        let flat = ids.flatten_all()?;
-        let rows = self.table.index_select(&flat, 0)?.to_dtype(self.compute)?;
-        let mut out = dims;
-        out.push(self.table.dim(1)?);
+        let mut out = ids.dims().to_vec();
+        out.push(self.dim);
+        let rows = match &self.rows {
+            EmbRows::Table(table) => table.index_select(&ids.flatten_all()?, 0)?.to_dtype(self.compute)?,
+            EmbRows::Head(dense) => {
+                let ids = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                let mut rows = vec![0f32; ids.len() * self.dim];
+                for (&id, row) in ids.iter().zip(rows.chunks_exact_mut(self.dim)) {
+                    if id as usize >= dense.out_dim() {
+                        candle_core::bail!("token id {id} is outside the vocabulary of {}", dense.out_dim());
+                    }
+                    dense.weight_row(id as usize, row);
+                }
+                Tensor::from_vec(rows, (ids.len(), self.dim), &Device::Cpu)?.to_dtype(self.compute)?
+            }
+        };
         rows.reshape(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Module, Tensor};
+    use candle_nn::VarBuilder;
+
+    use super::*;
+
+    /// A tied embedding looks up the same rows as the table it came from, and its head gives
+    /// the same logits as a head built on a copy of the table, in f32 and bf16, on the fused
+    /// kernels (where the table is dropped) and on candle's.
+    #[test]
+    fn a_tied_embedding_and_head_match_the_untied_pair() {
+        let (vocab, dim) = (37, 24);
+        let table: Vec<f32> = (0..vocab * dim).map(|i| ((i * 7919) % 113) as f32 / 56.0 - 1.0).collect();
+        let ids = Tensor::new(&[[3u32, 0, 36], [5, 5, 17]], &Device::Cpu).unwrap();
+        let hidden = Tensor::from_vec((0..2 * dim).map(|i| (i % 11) as f32 / 10.0 - 0.5).collect::<Vec<_>>(), (2, dim), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            for kernels in [Kernels::Fused, Kernels::Candle] {
+                let mut tensors = std::collections::HashMap::new();
+                tensors.insert("weight".to_string(), Tensor::from_vec(table.clone(), (vocab, dim), &Device::Cpu).unwrap().to_dtype(dtype).unwrap());
+                let vb = Loader::new(VarBuilder::from_tensors(tensors, dtype, &Device::Cpu), kernels);
+                let untied = Emb::load(vocab, dim, vb.clone()).unwrap();
+                let EmbRows::Table(weight) = &untied.rows else { panic!("a loaded embedding has its table") };
+                let untied_head = Lin::new(weight.clone(), None, kernels).unwrap();
+                let (tied, head) = Emb::load(vocab, dim, vb).unwrap().tie_head(None, kernels).unwrap();
+                assert_eq!(matches!(tied.rows, EmbRows::Head(_)), kernels == Kernels::Fused, "{dtype:?} {kernels:?}: which rows");
+                let rows = |e: &Emb| e.forward(&ids).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(rows(&tied), rows(&untied), "{dtype:?} {kernels:?}: looked-up rows");
+                let logits = |l: &Lin| l.forward(&hidden).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(logits(&head), logits(&untied_head), "{dtype:?} {kernels:?}: logits");
+                let outside = Tensor::new(&[vocab as u32], &Device::Cpu).unwrap();
+                assert!(tied.forward(&outside).is_err(), "{dtype:?} {kernels:?}: an id outside the vocabulary");
+            }
+        }
     }
 }

@@ -217,7 +217,12 @@ fn warm_up(engine: &Engine) -> anyhow::Result<()> {
         return Ok(());
     }
     let models = engine.models()?;
-    models.embed_texts(&["warm-up"]).context("loading the CLIP model")?;
+    // Both towers: CLIP builds each on first use, and a server answers image queries too
+    // (a broken checkpoint fails here, not on a stranger's first request).
+    models.embed_texts(&["warm-up"]).context("loading the CLIP model's text tower")?;
+    models
+        .embed_images(&[RgbImage::from_pixel(32, 32, image::Rgb([255, 255, 255]))])
+        .context("loading the CLIP model's vision tower")?;
     if engine.is_writer() {
         models.caption(&[RgbImage::from_pixel(32, 32, image::Rgb([255, 255, 255]))]).context("loading the captioner")?;
     }

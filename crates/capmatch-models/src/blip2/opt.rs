@@ -201,6 +201,13 @@ impl OptForCausalLM {
         let dvb = vb.pp("model.decoder");
         let wdim = c.word_embed_proj_dim();
         let embed_tokens = Emb::load(c.vocab_size, wdim, dvb.pp("embed_tokens"))?;
+        // Tied to the input embeddings unless the checkpoint carries its own head (one copy
+        // of the matrix serves both).
+        let (embed_tokens, lm_head) = if vb.contains_tensor("lm_head.weight") {
+            (embed_tokens, Lin::load(wdim, c.vocab_size, false, vb.pp("lm_head"))?)
+        } else {
+            embed_tokens.tie_head(None, vb.kernels())?
+        };
         let embed_positions = get_compute(&dvb, (c.max_position_embeddings + 2, c.hidden_size), "embed_positions.weight")?;
         let (project_in, project_out) = if wdim != c.hidden_size {
             (
@@ -217,12 +224,6 @@ impl OptForCausalLM {
             Some(layer_norm(c.hidden_size, c.layer_norm_elementwise_affine, dvb.pp("final_layer_norm"))?)
         } else {
             None
-        };
-        // Tied to the input embeddings unless the checkpoint carries its own head.
-        let lm_head = if vb.contains_tensor("lm_head.weight") {
-            Lin::load(wdim, c.vocab_size, false, vb.pp("lm_head"))?
-        } else {
-            Lin::from_weight(embed_tokens.table().clone(), vb.kernels())?
         };
         Ok(Self {
             embed_tokens,

@@ -311,10 +311,10 @@ impl T5ForConditionalGeneration {
             })
             .collect::<Result<_>>()?;
         // A checkpoint with its own head (Flan-T5) keeps it; otherwise the head is `shared`.
-        let lm_head = if vb.contains_tensor("lm_head.weight") {
-            Lin::load(c.d_model, c.vocab_size, false, vb.pp("lm_head"))?
+        let (shared, lm_head) = if vb.contains_tensor("lm_head.weight") {
+            (shared, Lin::load(c.d_model, c.vocab_size, false, vb.pp("lm_head"))?)
         } else {
-            Lin::from_weight(shared.table().clone(), vb.kernels())?
+            shared.tie_head(None, vb.kernels())?
         };
         Ok(Self {
             shared,

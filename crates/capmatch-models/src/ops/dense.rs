@@ -14,7 +14,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use super::matmul::{matmul_f32, matmul_widened, Lhs, Microkernel, Product, WEIGHT_GROUP};
-use super::panels::{Bf16Bits, Panels};
+use super::panels::{Bf16Bits, PanelValue, Panels};
 
 /// Whether bf16 weights are multiplied in bf16 on this CPU (AVX512_BF16): activations are
 /// then rounded to bf16 at each product, as PyTorch's bf16 linear does. Where not, bf16
@@ -106,6 +106,19 @@ impl Dense {
         Self { packed: Packed::Bf16(panels, kernel), bias, in_dim, out_dim }
     }
 
+    /// Row `r` of the weight (`w[r][..in_dim]`) as f32, read back from the packing: a tied
+    /// embedding table looks its rows up here instead of keeping a second copy of itself.
+    /// The values are the stored ones widened, exactly what the table gives.
+    pub(crate) fn weight_row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.out_dim && out.len() == self.in_dim, "row {r} of {} into {} values", self.out_dim, out.len());
+        match &self.packed {
+            Packed::F32(w, _) => out.iter_mut().zip(w.column(r)).for_each(|(o, v)| *o = v),
+            Packed::Bf16(w, _) => out.iter_mut().zip(w.column(r)).for_each(|(o, v)| *o = v.widen()),
+            #[cfg(target_arch = "x86_64")]
+            Packed::Bf16Dot(w) => w.row(r, out),
+        }
+    }
+
     pub(crate) fn in_dim(&self) -> usize {
         self.in_dim
     }
@@ -150,6 +163,39 @@ mod tests {
         via_f32.forward_into(&x, m, &mut b, false);
         assert_eq!(a, b);
         assert!(a.iter().any(|v| v.abs() > 0.1));
+    }
+
+    /// `weight_row` reads back exactly the stored weights (widened) from every packing,
+    /// including the AVX512_BF16 one, whose layout can be built and read on any CPU.
+    #[test]
+    fn weight_rows_read_back_the_stored_values() {
+        for (k, n) in [(7, 40), (70, 50), (33, 100), (1, 1), (2, 65)] {
+            let w = values(n * k, 21);
+            let as_bf16: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let widened: Vec<f32> = as_bf16.iter().map(|v| v.to_f32()).collect();
+            let mut packings = vec![
+                ("f32", Dense::with_kernel(w.clone(), vec![0.0; n], k, n, Some(Microkernel::best())), w.clone()),
+                ("widened bf16", Dense::widened_bf16(&w, vec![0.0; n], k, n, Microkernel::best()), widened.clone()),
+            ];
+            #[cfg(target_arch = "x86_64")]
+            packings.push((
+                "bf16 dot",
+                Dense {
+                    packed: Packed::Bf16Dot(super::super::x86::bf16_avx512::PackedBf16::pack_bf16(&as_bf16, n, k)),
+                    bias: vec![0.0; n],
+                    in_dim: k,
+                    out_dim: n,
+                },
+                widened.clone(),
+            ));
+            for (name, dense, want) in packings {
+                let mut row = vec![f32::NAN; k];
+                for r in 0..n {
+                    dense.weight_row(r, &mut row);
+                    assert_eq!(row, want[r * k..(r + 1) * k], "{name}: row {r} of ({n}, {k})");
+                }
+            }
+        }
     }
 
     /// Every kernel this CPU has: f32 on each microkernel, bf16 dot products (AVX512_BF16) and

@@ -86,6 +86,14 @@ impl<T: Copy + Default + Send + Sync> Panels<T> {
         self.group
     }
 
+    /// The `k` values of output column `c` (row `c` of the packed weight), in order.
+    pub fn column(&self, c: usize) -> impl Iterator<Item = T> + '_ {
+        assert!(c < self.n, "column {c} of {}", self.n);
+        let (g, lane) = (c / self.group, c % self.group);
+        let panel = &self.data[g * self.k * self.group..(g + 1) * self.k * self.group];
+        panel.iter().skip(lane).step_by(self.group).copied()
+    }
+
     /// Panel `g` from step `k0` of k on.
     pub fn block(&self, g: usize, k0: usize) -> &[T] {
         &self.data[g * self.k * self.group + k0 * self.group..]

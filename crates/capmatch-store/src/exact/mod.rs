@@ -237,7 +237,8 @@ impl Snapshot {
 
     pub(crate) fn gallery(&self) -> Option<GalleryVectors<'_>> {
         let dim = self.manifest.dim?;
-        GalleryVectors::new(dim, self.images.f32s(), self.captions.f32s(), self.offsets()).ok()
+        // `check` found the offsets ascending when the snapshot was loaded.
+        GalleryVectors::with_ascending_offsets(dim, self.images.f32s(), self.captions.f32s(), self.offsets()).ok()
     }
 
     pub(crate) fn record(&self, row: usize) -> VectorRecord {

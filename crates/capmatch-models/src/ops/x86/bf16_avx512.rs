@@ -63,6 +63,16 @@ impl PackedBf16 {
         Self { data, k, n }
     }
 
+    /// Row `c` of the weight (`w[c][..k]`), widened to f32.
+    pub fn row(&self, c: usize, out: &mut [f32]) {
+        assert!(c < self.n && out.len() == self.k, "row {c} of {} into {} values", self.n, out.len());
+        let (g, lane, k2) = (c / GROUP, c % GROUP, self.k.div_ceil(2));
+        let panel = &self.data[g * k2 * GROUP * 2..(g + 1) * k2 * GROUP * 2];
+        for (kk, v) in out.iter_mut().enumerate() {
+            *v = f32::from_bits(u32::from(panel[(kk / 2) * GROUP * 2 + 2 * lane + kk % 2]) << 16);
+        }
+    }
+
     /// The product `p` with these weights, rows of dst `dst_stride` apart.
     pub fn matmul(&self, p: Product, dst: &mut [f32], dst_stride: usize) {
         assert!(available(), "AVX512_BF16 kernel on a CPU without it");
