@@ -36,26 +36,16 @@ impl<'a> GalleryVectors<'a> {
     /// Checks the shapes. `caption_offsets` may start above 0 (a window on a larger
     /// caption matrix): offsets index `captions` as given.
     pub fn new(dim: usize, images: &'a [f32], captions: &'a [f32], caption_offsets: &'a [u32]) -> Result<Self, String> {
-        if dim == 0 {
-            return Err("dimension 0".into());
-        }
-        if images.len() % dim != 0 || captions.len() % dim != 0 {
-            return Err(format!("matrices are not rows of {dim} floats"));
-        }
-        let n = images.len() / dim;
-        if caption_offsets.len() != n + 1 {
-            return Err(format!("{} caption offsets for {n} images", caption_offsets.len()));
-        }
-        if caption_offsets.windows(2).any(|w| w[0] > w[1]) || caption_offsets[n] as usize > captions.len() / dim {
+        if caption_offsets.windows(2).any(|w| w[0] > w[1]) {
             return Err("caption offsets are not ascending within the caption matrix".into());
         }
-        Ok(Self { dim, images, captions, caption_offsets })
+        Self::with_ascending_offsets(dim, images, captions, caption_offsets)
     }
 
     /// [`GalleryVectors::new`] for offsets the caller has already found ascending (a store
     /// checks its offsets once when it opens them): only the O(1) checks. The O(n) scan of
-    /// `new` cost about a millisecond per call at a million images, more than an
-    /// approximate search's graph walk. Offsets that are not ascending after all give wrong
+    /// `new` cost about 0.7 ms per call at a million images, a sixth of an approximate
+    /// search. Offsets that are not ascending after all give wrong
     /// caption ranges or a panic on an out-of-range row, never a read out of bounds.
     pub fn with_ascending_offsets(dim: usize, images: &'a [f32], captions: &'a [f32], caption_offsets: &'a [u32]) -> Result<Self, String> {
         if dim == 0 {
@@ -68,7 +58,6 @@ impl<'a> GalleryVectors<'a> {
         if caption_offsets.len() != n + 1 || caption_offsets[n] as usize > captions.len() / dim {
             return Err(format!("{} caption offsets for {n} images and {} captions", caption_offsets.len(), captions.len() / dim));
         }
-        debug_assert!(caption_offsets.windows(2).all(|w| w[0] <= w[1]), "caption offsets are not ascending");
         Ok(Self { dim, images, captions, caption_offsets })
     }
 
