@@ -25,22 +25,23 @@ pub(crate) fn bf16_to_f32(bits: u16) -> f32 {
 /// `1 − a · b` for two bf16 vectors of equal length, on the best kernel this CPU has.
 pub(crate) type Bf16Distance = fn(&[u16], &[u16]) -> f32;
 
-/// The kernel for this CPU: AVX2 + FMA where available, else the portable loop.
-pub(crate) fn bf16_ip_distance() -> Bf16Distance {
+/// The kernel for this CPU and its name: AVX2 + FMA where available, else the portable loop.
+fn best() -> (&'static str, Bf16Distance) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        return x86_avx2::ip_distance;
+        return ("avx2+fma", x86_avx2::ip_distance);
     }
-    portable::ip_distance
+    ("portable", portable::ip_distance)
 }
 
-/// Which kernel [`bf16_ip_distance`] picks, for `capmatch info` and benchmarks.
+/// The kernel the graphs use on this CPU.
+pub(crate) fn bf16_ip_distance() -> Bf16Distance {
+    best().1
+}
+
+/// Which kernel [`bf16_ip_distance`] picks, for benchmarks.
 pub(crate) fn kernel_name() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        return "avx2+fma";
-    }
-    "portable"
+    best().0
 }
 
 #[cfg(test)]
